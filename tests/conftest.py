@@ -1,0 +1,17 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.reference.common import ReferenceStore  # noqa: E402
+
+torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+
+
+@pytest.fixture(scope="session")
+def reference_store(tmp_path_factory):
+    """Random-weight reference checkpoints, built once per run (see tests/reference/)."""
+    return ReferenceStore(tmp_path_factory.mktemp("reference"))
