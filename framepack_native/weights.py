@@ -1,0 +1,333 @@
+"""Safetensors I/O that streams tensor by tensor: a 26 GB checkpoint on a 24 GB machine.
+
+Headers are parsed and validated here (the safetensors format is 8 bytes of little-endian header
+length, a JSON header, then raw little-endian data); each tensor is read through its own memory
+map window, cast and moved, and the window closed, so peak host memory stays near one tensor.
+Pickle checkpoints are refused, never unpickled.
+"""
+import json
+import math
+import mmap
+import os
+import struct
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: damaged, pickled, or not matching the model."""
+
+
+def _itemsize(dtype):
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def read_header(path):
+    """Parse and validate a safetensors header. Returns ({name: (dtype, shape, start, end)}, data_start, metadata)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: not a safetensors file ({size} bytes, too short for a header)")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path}: header length {n} is larger than the {MAX_HEADER_BYTES}-byte limit")
+        if 8 + n > size:
+            raise CheckpointError(f"{path}: header length {n} runs past the end of the file ({size} bytes)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    data_start, data_len = 8 + n, size - 8 - n
+    entries, spans = {}, []
+    for name, info in header.items():
+        try:
+            dtype_name, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry") from None
+        if dtype_name not in DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype_name!r}, which is not supported")
+        if not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise CheckpointError(f"{path}: tensor {name!r} has an invalid shape {shape}")
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
+            raise CheckpointError(f"{path}: tensor {name!r} has invalid data offsets {[start, end]}")
+        if end > data_len:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} ends at byte {end} past the data section ({data_len} bytes): truncated file?")
+        dtype = DTYPES[dtype_name]
+        if end - start != math.prod(shape) * _itemsize(dtype):
+            raise CheckpointError(
+                f"{path}: tensor {name!r} spans {end - start} bytes but shape {shape} of {dtype_name} needs "
+                f"{math.prod(shape) * _itemsize(dtype)}")
+        entries[name] = (dtype, tuple(shape), start, end)
+        if end > start:
+            spans.append((start, end, name))
+    spans.sort()
+    for (s0, e0, a), (s1, e1, b) in zip(spans, spans[1:]):
+        if s1 < e0:
+            raise CheckpointError(f"{path}: tensors {a!r} and {b!r} overlap in the data section")
+    return entries, data_start, metadata
+
+
+def _refuse_pickle(path):
+    raise CheckpointError(
+        f"{path}: pickle checkpoints are never loaded (unpickling can run arbitrary code); "
+        "convert it to safetensors first")
+
+
+class Checkpoint:
+    """A read-only view of one safetensors file or a folder of them; tensors are read one at a time."""
+
+    def __init__(self, files):
+        self.files = [Path(f) for f in files]
+        self._index = {}  # name -> (file, dtype, shape, absolute start, absolute end)
+        for path in self.files:
+            entries, data_start, _ = read_header(path)
+            for name, (dtype, shape, start, end) in entries.items():
+                if name in self._index:
+                    raise CheckpointError(f"{path}: tensor {name!r} also stored in {self._index[name][0]}")
+                self._index[name] = (path, dtype, shape, data_start + start, data_start + end)
+
+    def keys(self):
+        return list(self._index)
+
+    def __contains__(self, name):
+        return name in self._index
+
+    def __len__(self):
+        return len(self._index)
+
+    def shape(self, name):
+        return self._index[name][2]
+
+    def dtype(self, name):
+        return self._index[name][1]
+
+    def nbytes(self, name):
+        _, _, _, start, end = self._index[name]
+        return end - start
+
+    def get(self, name, dtype=None, device="cpu"):
+        """Read one tensor through a memory map window, cast to dtype and put on device (one copy)."""
+        path, src_dtype, shape, start, end = self._index[name]
+        dtype = dtype or src_dtype
+        if end == start:
+            return torch.empty(shape, dtype=dtype, device=device)
+        page = mmap.ALLOCATIONGRANULARITY
+        base = start - start % page
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), end - base, offset=base, access=mmap.ACCESS_READ)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # read-only buffer: we only ever copy out of it
+                raw = torch.frombuffer(mm, dtype=torch.uint8, count=end - start, offset=start - base)
+            if (start - base) % _itemsize(src_dtype):
+                raw = raw.clone()  # misaligned for a typed view
+            src = raw.view(src_dtype).view(shape)
+            out = src.to(device=device, dtype=dtype, copy=True)
+            del raw, src
+        finally:
+            mm.close()
+        return out
+
+
+def checkpoint_files(path):
+    """The safetensors files of a checkpoint path: a file, a sharded folder (index.json) or a plain folder."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.suffix in PICKLE_SUFFIXES:
+            _refuse_pickle(path)
+        if path.suffix != ".safetensors":
+            raise CheckpointError(f"{path}: not a .safetensors file")
+        return [path]
+    indexes = sorted(path.glob("*.safetensors.index.json"))
+    if len(indexes) > 1:
+        raise CheckpointError(f"{path}: several index files ({', '.join(p.name for p in indexes)})")
+    if indexes:
+        try:
+            weight_map = json.loads(indexes[0].read_text())["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{indexes[0]}: damaged index file ({e})") from None
+        for shard in shards:
+            if Path(shard).name != shard:
+                raise CheckpointError(f"{indexes[0]}: shard name {shard!r} points outside the folder")
+            if not (path / shard).is_file():
+                raise CheckpointError(f"{indexes[0]}: shard {shard} is missing from {path}")
+        return [path / s for s in shards]
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            _refuse_pickle(pickles[0])
+        raise CheckpointError(f"{path}: no .safetensors files")
+    return files
+
+
+def open_checkpoint(path):
+    """Open a safetensors file or folder (sharded with an index, or plain) as a Checkpoint."""
+    path = Path(path)
+    files = checkpoint_files(path)
+    ckpt = Checkpoint(files)
+    index = sorted(path.glob("*.safetensors.index.json")) if path.is_dir() else []
+    if index:
+        weight_map = json.loads(index[0].read_text())["weight_map"]
+        missing = sorted(set(weight_map) - set(ckpt.keys()))
+        if missing:
+            raise CheckpointError(f"{index[0]}: tensors listed but not in any shard: {_short(missing)}")
+    return ckpt
+
+
+def _short(names, limit=8):
+    names = list(names)
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def check_keys(expected, found, where):
+    """Raise one CheckpointError listing missing, unexpected and mis-shaped tensors.
+
+    expected/found: {name: shape}.
+    """
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    misshaped = sorted(n for n in set(expected) & set(found) if tuple(expected[n]) != tuple(found[n]))
+    if missing or unexpected or misshaped:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)}: {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)}: {_short(unexpected)}")
+        if misshaped:
+            parts.append(f"mis-shaped {len(misshaped)}: " + _short(
+                f"{n} {tuple(found[n])} (expected {tuple(expected[n])})" for n in misshaped))
+        raise CheckpointError(f"{where}: tensors do not match the model: " + "; ".join(parts))
+
+
+def load_state(model, checkpoint, dtype=None, device="cpu"):
+    """Load a checkpoint into `model` (typically built on the meta device): strict, assign, tensor by tensor.
+
+    Floating tensors are cast to dtype (None keeps the stored one); integer tensors keep theirs.
+    """
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint = open_checkpoint(checkpoint)
+    where = checkpoint.files[0].parent if len(checkpoint.files) > 1 else checkpoint.files[0]
+    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    check_keys(expected, {k: checkpoint.shape(k) for k in checkpoint.keys()}, where)
+    state = {}
+    for name in expected:
+        floating = checkpoint.dtype(name).is_floating_point
+        state[name] = checkpoint.get(name, dtype=dtype if floating else None, device=device)
+    model.load_state_dict(state, strict=True, assign=True)
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:
+        raise RuntimeError(f"{type(model).__name__}: tensors not stored in the checkpoint stayed on meta: "
+                           f"{_short(leftover)} (non-persistent buffers must be computed, not stored)")
+    return model
+
+
+def _tensor_bytes(t):
+    t = t.detach().to("cpu").contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return t.numpy().tobytes() if t.numel() else b""
+
+
+def write_safetensors(path, specs, fetch, metadata=None):
+    """Stream tensors into a safetensors file, atomically (temporary name, renamed when complete).
+
+    specs: list of (name, shape, dtype) in write order; fetch(name) -> the tensor (checked against its spec).
+    """
+    path = Path(path)
+    header, offset = {}, 0
+    for name, shape, dtype in specs:
+        n = math.prod(shape) * _itemsize(dtype)
+        header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # keep the data section 8-byte aligned
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for name, shape, dtype in specs:
+                t = fetch(name)
+                if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+                    raise ValueError(f"tensor {name!r}: got {tuple(t.shape)} {t.dtype}, planned {tuple(shape)} {dtype}")
+                f.write(_tensor_bytes(t))
+                del t
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_safetensors(path, tensors, metadata=None):
+    """Save a dict of tensors to one safetensors file, atomically."""
+    specs = [(k, tuple(v.shape), v.dtype) for k, v in tensors.items()]
+    write_safetensors(path, specs, tensors.__getitem__, metadata)
+
+
+def save_sharded(folder, specs, fetch, max_shard_bytes=5 * 1024**3, prefix="model", metadata=None):
+    """Stream tensors into one file, or into shards <= max_shard_bytes with a `{prefix}.safetensors.index.json`.
+
+    specs: list of (name, shape, dtype); fetch(name) -> tensor. Returns the written file names.
+    """
+    folder = Path(folder)
+    shards, current, size = [], [], 0
+    for spec in specs:
+        n = math.prod(spec[1]) * _itemsize(spec[2])
+        if current and size + n > max_shard_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(spec)
+        size += n
+    shards.append(current)
+    if len(shards) == 1:
+        write_safetensors(folder / f"{prefix}.safetensors", shards[0], fetch, metadata)
+        return [f"{prefix}.safetensors"]
+    names = [f"{prefix}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    weight_map, total = {}, 0
+    for name, shard in zip(names, shards):
+        write_safetensors(folder / name, shard, fetch, metadata)
+        for tname, shape, dtype in shard:
+            weight_map[tname] = name
+            total += math.prod(shape) * _itemsize(dtype)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    write_text_atomic(folder / f"{prefix}.safetensors.index.json", json.dumps(index, indent=2))
+    return names + [f"{prefix}.safetensors.index.json"]
+
+
+def write_text_atomic(path, text):
+    """Write text to path through a temporary file in the same folder."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

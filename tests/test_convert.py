@@ -1,0 +1,194 @@
+"""weights_convert: rule matching, streaming conversion, atomic output, verify, CLI errors, round trip.
+
+A toy component stands in for the real ones: a diffusers-like layout (separate q/k/v, a (scale, shift)
+norm_out, a dropped head) converted to a native one (fused qkv, (shift, scale) order).
+"""
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+import weights_convert.registry
+from framepack_native.models.loading import load_pretrained
+from framepack_native.weights import CheckpointError
+from weights_convert import ConversionError, Converter, Drop, Rule, convert, invert, verify
+from weights_convert.core import build_plan, convert_state
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig:
+    dim: int = 8
+    depth: int = 2
+
+    def __post_init__(self):
+        if self.dim % 2:
+            raise ValueError(f"dim must be even, got {self.dim}")
+
+
+class ToyModel(nn.Module):
+    config_class = ToyConfig
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleList(nn.Linear(config.dim, 3 * config.dim) for _ in range(config.depth))
+        self.norm_out = nn.Linear(config.dim, 2 * config.dim)
+
+
+def toy_rules(cfg):
+    return [
+        Rule("blocks.{}.weight", tuple(f"layers.{{}}.attn.to_{x}.weight" for x in "qkv")),
+        Rule("blocks.{}.bias", tuple(f"layers.{{}}.attn.to_{x}.bias" for x in "qkv")),
+        Rule("norm_out.{*}", "norm_out.linear.{*}", op="swap_halves"),
+        Drop("head.{*}"),
+    ]
+
+
+TOY = Converter(component="toy", native_class=f"{__name__}:ToyModel", source_classes=("ToyDiffusersModel",),
+                config=lambda c: {"dim": c["hidden"], "depth": c["layers"]}, rules=toy_rules)
+
+
+@pytest.fixture(autouse=True)
+def toy_registry(monkeypatch):
+    monkeypatch.setattr(weights_convert.registry, "converters", lambda: (TOY,))
+
+
+def toy_source(path, dim=8, depth=2, seed=0, sharded=False, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for i in range(depth):
+        for x in "qkv":
+            state[f"layers.{i}.attn.to_{x}.weight"] = torch.randn(dim, dim, generator=g).to(dtype)
+            state[f"layers.{i}.attn.to_{x}.bias"] = torch.randn(dim, generator=g).to(dtype)
+    state["norm_out.linear.weight"] = torch.randn(2 * dim, dim, generator=g).to(dtype)
+    state["norm_out.linear.bias"] = torch.randn(2 * dim, generator=g).to(dtype)
+    state["head.proj.weight"] = torch.randn(3, dim, generator=g).to(dtype)
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"_class_name": "ToyDiffusersModel", "hidden": dim, "layers": depth}))
+    if sharded:
+        keys = sorted(state)
+        half = {"d-00001-of-00002.safetensors": keys[: len(keys) // 2],
+                "d-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+        for name, ks in half.items():
+            safetensors.torch.save_file({k: state[k] for k in ks}, path / name)
+        (path / "d.safetensors.index.json").write_text(
+            json.dumps({"weight_map": {k: n for n, ks in half.items() for k in ks}}))
+    else:
+        safetensors.torch.save_file(state, path / "diffusion_pytorch_model.safetensors")
+    return state
+
+
+def expected_native(state, depth=2):
+    out = {}
+    for i in range(depth):
+        for p in ("weight", "bias"):
+            out[f"blocks.{i}.{p}"] = torch.cat([state[f"layers.{i}.attn.to_{x}.{p}"] for x in "qkv"])
+    for p in ("weight", "bias"):
+        scale, shift = state[f"norm_out.linear.{p}"].chunk(2)
+        out[f"norm_out.{p}"] = torch.cat((shift, scale))
+    return out
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_convert_then_load(tmp_path, sharded, dtype):
+    state = toy_source(tmp_path / "src", sharded=sharded)
+    dst = convert(tmp_path / "src", tmp_path / "dst", dtype=dtype)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    assert manifest["components"]["toy"]["class"] == "ToyModel"
+    model = load_pretrained(ToyModel, dst, dtype=dtype, device="cpu")
+    for k, v in expected_native(state).items():
+        assert torch.equal(model.state_dict()[k], v.to(dtype)), k
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]  # no temporary folder left
+
+
+def test_sharded_output_and_verify(tmp_path):
+    toy_source(tmp_path / "src", dim=16)
+    dst = convert(tmp_path / "src", tmp_path / "dst", max_shard_bytes=2000)
+    assert (dst / "model.safetensors.index.json").is_file()
+    assert len(list(dst.glob("model-*.safetensors"))) > 1
+    verify(dst)
+    shard = sorted(dst.glob("model-*.safetensors"))[0]
+    blob = bytearray(shard.read_bytes())
+    blob[-1] ^= 0xFF
+    shard.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="checksum differs"):
+        verify(dst)
+
+
+def test_round_trip_native_to_source(tmp_path):
+    src_state = toy_source(tmp_path / "src")
+    native_config, native = convert_state(TOY, src_state, {"hidden": 8, "layers": 2})
+    steps = build_plan(toy_rules(native_config), {k: tuple(v.shape) for k, v in src_state.items()})
+    back = invert(steps, native)
+    assert set(back) == set(src_state) - {"head.proj.weight"}
+    for k, v in back.items():
+        assert torch.equal(v, src_state[k]), k
+
+
+def test_existing_folder_refused_and_overwrite(tmp_path):
+    toy_source(tmp_path / "src")
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "keep.txt").write_text("mine")
+    with pytest.raises(ConversionError, match="not empty.*--overwrite"):
+        convert(tmp_path / "src", tmp_path / "dst")
+    assert (tmp_path / "dst" / "keep.txt").read_text() == "mine"
+    convert(tmp_path / "src", tmp_path / "dst", overwrite=True)
+    assert not (tmp_path / "dst" / "keep.txt").exists() and (tmp_path / "dst" / "manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("unknown_arch", "unknown architecture NotAModel"),
+    ("unmapped", "have no rule: layers.0.extra"),
+    ("missing_partner", "needs \\['layers.1.attn.to_k.weight'\\]"),
+    ("wrong_shape", "mis-shaped"),
+    ("pickle", "never loaded"),
+    ("bad_config", "dim must be even"),
+])
+def test_failed_conversion_leaves_nothing(tmp_path, damage, message):
+    state = toy_source(tmp_path / "src")
+    src = tmp_path / "src"
+    if damage == "unknown_arch":
+        (src / "config.json").write_text(json.dumps({"_class_name": "NotAModel"}))
+    elif damage in ("unmapped", "missing_partner", "wrong_shape"):
+        if damage == "unmapped":
+            state["layers.0.extra"] = torch.zeros(2)
+        elif damage == "missing_partner":
+            del state["layers.1.attn.to_k.weight"]
+        else:
+            state["norm_out.linear.bias"] = torch.zeros(3)
+        safetensors.torch.save_file(state, src / "diffusion_pytorch_model.safetensors")
+    elif damage == "pickle":
+        (src / "diffusion_pytorch_model.safetensors").unlink()
+        (src / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")
+    elif damage == "bad_config":
+        (src / "config.json").write_text(json.dumps({"_class_name": "ToyDiffusersModel", "hidden": 7, "layers": 1}))
+    with pytest.raises((ConversionError, CheckpointError), match=message):
+        convert(src, tmp_path / "dst")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_rule_placeholders_must_agree():
+    with pytest.raises(ValueError, match="placeholders differ"):
+        build_plan([Rule("a.{}.w", "b.w")], {"b.w": (1,)})
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path):
+    toy_source(tmp_path / "src")
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "x").write_text("x")
+    # a real subprocess: the registry has no toy there, so the architecture is unknown; either way one line
+    for args in (["python", "-m", "weights_convert", str(tmp_path / "src"), str(tmp_path / "dst")],
+                 ["python", "-m", "weights_convert", str(tmp_path / "nope"), str(tmp_path / "out")],
+                 ["python", "-m", "weights_convert", "--verify", str(tmp_path / "src")]):
+        proc = subprocess.run([sys.executable] + args[1:], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,46 @@
+"""python -m weights_convert SRC DST [--dtype bf16|fp16|fp32] [--transformer DIR] [--image-encoder DIR]"""
+import argparse
+import sys
+
+from framepack_native.weights import CheckpointError
+from weights_convert.convert import DTYPES, convert, verify
+from weights_convert.core import ConversionError
+
+
+def build_parser(parser=None):
+    parser = parser or argparse.ArgumentParser(prog="python -m weights_convert", description=__doc__)
+    parser.add_argument("src", nargs="?", help="a diffusers pipeline root (model_index.json) or a component folder")
+    parser.add_argument("dst", nargs="?", help="the native folder to write")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="floating dtype of the output")
+    parser.add_argument("--transformer", metavar="DIR", help="a FramePack transformer folder (diffusers layout)")
+    parser.add_argument("--image-encoder", metavar="DIR", help="flux_redux_bfl root or its image_encoder/ folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
+    parser.add_argument("--verify", metavar="DIR", help="re-check a converted folder and exit")
+    return parser
+
+
+def run(args):
+    """Run a parsed command line; returns the exit code. Bad input: one line on stderr, code 2."""
+    try:
+        if args.verify:
+            manifest = verify(args.verify)
+            print(f"{args.verify}: ok ({', '.join(manifest['components'])})")
+            return 0
+        if not args.src or not args.dst:
+            print("error: SRC and DST are required (or --verify DIR)", file=sys.stderr)
+            return 2
+        dst = convert(args.src, args.dst, DTYPES[args.dtype], transformer=args.transformer,
+                      image_encoder=args.image_encoder, overwrite=args.overwrite)
+        print(f"wrote {dst}")
+        return 0
+    except (CheckpointError, ConversionError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def main(argv=None):
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Converting a component folder or a whole pipeline into a native folder, atomically, and verifying it.
+
+DST layout:
+    manifest.json            format, format_version, components {name: class, path, files {name: sha256}},
+                             aux {name: files}, sampling_type
+    <component>/config.json + model*.safetensors   (path "." when SRC was a single component)
+    tokenizer/, tokenizer_2/, scheduler/, feature_extractor/   (config and vocabulary files, copied)
+"""
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from framepack_native.models.loading import FORMAT_VERSION, MANIFEST, config_from_dict, read_json
+from framepack_native.weights import CheckpointError, open_checkpoint, save_sharded, write_text_atomic
+from weights_convert.core import ConversionError, apply_step, build_plan, check_plan, find_converter, planned_shape
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+AUX_FOLDERS = ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor")
+AUX_SUFFIXES = (".json", ".txt", ".model")
+SHARD_BYTES = 5 * 1024**3
+
+
+def sha256(path, chunk=16 * 1024 * 1024):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def convert_component(converter, src, dst, dtype, max_shard_bytes=SHARD_BYTES):
+    """Stream one component from a reference folder into native folder `dst`. Returns its manifest entry."""
+    src, dst = Path(src), Path(dst)
+    src_config = read_json(src / "config.json")
+    cls = converter.load_class()
+    native_fields = converter.config(src_config)
+    try:
+        config = config_from_dict(cls.config_class, native_fields)
+    except (TypeError, ValueError) as e:
+        raise ConversionError(f"{src / 'config.json'}: {e}") from None
+    with torch.device("meta"):
+        model = cls(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    ckpt = open_checkpoint(src)
+    steps = build_plan(converter.rules(native_fields), {k: ckpt.shape(k) for k in ckpt.keys()})
+    check_plan(steps, expected, src)
+    by_dst = {s.dst: s for s in steps}
+
+    def out_dtype(step):
+        src_dtype = ckpt.dtype(step.srcs[0])
+        return dtype if src_dtype.is_floating_point else src_dtype
+
+    specs = [(name, planned_shape(by_dst[name]), out_dtype(by_dst[name])) for name in expected]
+
+    def fetch(name):
+        step = by_dst[name]
+        tensors = [ckpt.get(n, dtype=out_dtype(step)) for n in step.srcs]
+        return apply_step(step, tensors).contiguous()
+
+    dst.mkdir(parents=True, exist_ok=True)
+    files = save_sharded(dst, specs, fetch, max_shard_bytes=max_shard_bytes)
+    doc = {"class": cls.__name__, "format_version": FORMAT_VERSION, "config": native_fields}
+    write_text_atomic(dst / "config.json", json.dumps(doc, indent=2))
+    return {"class": cls.__name__, "files": {f: sha256(dst / f) for f in files + ["config.json"]}}
+
+
+def copy_aux(src, dst):
+    """Copy the configuration / vocabulary files of a tokenizer, scheduler or processor folder."""
+    dst.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for f in sorted(Path(src).iterdir()):
+        if f.is_file() and f.suffix in AUX_SUFFIXES:
+            shutil.copyfile(f, dst / f.name)
+            files[f.name] = sha256(dst / f.name)
+    return files
+
+
+def _component_sources(src, transformer, image_encoder):
+    """[(folder, config)] of the model components to convert, and [(name, folder)] of aux folders."""
+    src = Path(src)
+    models, aux = [], []
+    if (src / "model_index.json").is_file():
+        index = read_json(src / "model_index.json")
+        for name, entry in sorted(index.items()):
+            if name.startswith("_") or not entry or not (src / name).is_dir():
+                continue
+            if name in AUX_FOLDERS:
+                aux.append((name, src / name))
+            elif not (transformer and name == "transformer") and not (image_encoder and name == "image_encoder"):
+                models.append(src / name)
+    elif (src / "config.json").is_file():
+        models.append(src)
+    else:
+        raise ConversionError(f"{src}: neither a diffusers pipeline (model_index.json) nor a component (config.json)")
+    if transformer:
+        models.append(Path(transformer))
+    if image_encoder:
+        image_encoder = Path(image_encoder)
+        if (image_encoder / "image_encoder").is_dir():
+            if (image_encoder / "feature_extractor").is_dir():
+                aux.append(("feature_extractor", image_encoder / "feature_extractor"))
+            image_encoder = image_encoder / "image_encoder"
+        models.append(image_encoder)
+    return models, aux
+
+
+def _prepare_dst(dst, overwrite):
+    dst = Path(dst)
+    if dst.exists():
+        if not dst.is_dir():
+            raise ConversionError(f"{dst}: exists and is not a folder")
+        if any(dst.iterdir()) and not overwrite:
+            raise ConversionError(f"{dst}: folder exists and is not empty (pass --overwrite to replace it)")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return dst
+
+
+def convert(src, dst, dtype=torch.float32, *, transformer=None, image_encoder=None, overwrite=False,
+            max_shard_bytes=SHARD_BYTES):
+    """Convert SRC (a pipeline root or one component folder) into native folder DST, atomically."""
+    src, dst = Path(src), _prepare_dst(dst, overwrite)
+    if not src.is_dir():
+        raise ConversionError(f"{src}: no such folder")
+    if isinstance(dtype, str):
+        dtype = DTYPES[dtype]
+    models, aux = _component_sources(src, transformer, image_encoder)
+    single = not (src / "model_index.json").is_file() and not transformer and not image_encoder
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial"))
+    try:
+        manifest = {"format": "framepack_native", "format_version": FORMAT_VERSION, "components": {}, "aux": {},
+                    "sampling_type": None}
+        for folder in models:
+            config = read_json(folder / "config.json")
+            conv = find_converter(config, folder / "config.json")
+            name = conv.component
+            if name in manifest["components"]:
+                raise ConversionError(f"{folder}: a second {name} component")
+            path = "." if single else name
+            entry = convert_component(conv, folder, tmp / path, dtype, max_shard_bytes)
+            manifest["components"][name] = {"path": path, **entry}
+        for name, folder in aux:
+            manifest["aux"][name] = {"path": name, "files": copy_aux(folder, tmp / name)}
+        write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
+        verify(tmp)
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old")
+            dst.rename(old)
+            tmp.rename(dst)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def verify(folder):
+    """Re-check a native folder: every file's SHA-256, every component's tensors against its model."""
+    from framepack_native.models.loading import read_config
+    from framepack_native.weights import check_keys
+    from weights_convert.registry import converters
+
+    folder = Path(folder)
+    manifest = read_json(folder / MANIFEST)
+    if manifest.get("format") != "framepack_native" or manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{folder / MANIFEST}: not a framepack_native manifest of version {FORMAT_VERSION}")
+    classes = {c.native_class.split(":")[1]: c for c in converters()}
+    for section in ("components", "aux"):
+        for name, entry in manifest.get(section, {}).items():
+            for fname, digest in entry["files"].items():
+                path = folder / entry["path"] / fname
+                if not path.is_file():
+                    raise CheckpointError(f"{path}: missing ({section[:-1]} {name})")
+                if sha256(path) != digest:
+                    raise CheckpointError(f"{path}: checksum differs from {MANIFEST}: damaged or modified")
+    for name, entry in manifest["components"].items():
+        if entry["class"] not in classes:
+            raise CheckpointError(f"{folder / MANIFEST}: component {name} has unknown class {entry['class']}")
+        cls = classes[entry["class"]].load_class()
+        config = read_config(cls, folder / entry["path"])
+        with torch.device("meta"):
+            model = cls(config)
+        ckpt = open_checkpoint(folder / entry["path"])
+        check_keys({k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()},
+                   {k: ckpt.shape(k) for k in ckpt.keys()}, folder / entry["path"])
+    return manifest
