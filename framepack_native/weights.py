@@ -246,10 +246,9 @@ def load_state(model, checkpoint, dtype=None, device="cpu"):
 
 
 def _tensor_bytes(t):
-    t = t.detach().to("cpu").contiguous()
-    if t.dtype == torch.bfloat16:
-        t = t.view(torch.int16)
-    return t.numpy().tobytes() if t.numel() else b""
+    """The raw little-endian bytes of t as a buffer (no copy for a contiguous CPU tensor)."""
+    t = t.detach().to("cpu").contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy() if t.numel() else b""
 
 
 def write_safetensors(path, specs, fetch, metadata=None):

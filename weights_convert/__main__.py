@@ -3,7 +3,7 @@ import argparse
 import sys
 
 from framepack_native.weights import CheckpointError
-from weights_convert.convert import DTYPES, convert, verify
+from weights_convert.folders import DTYPES, convert, verify
 from weights_convert.core import ConversionError
 
 

@@ -5,7 +5,7 @@ import pkgutil
 
 import weights_convert
 
-NOT_COMPONENTS = {"core", "registry", "convert", "__main__"}
+NOT_COMPONENTS = {"core", "registry", "folders", "__main__"}
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,0 +1,225 @@
+"""Llama-3 decoder used as HunyuanVideo's text encoder (llava-llama-3-8b): hidden states, no LM head.
+
+Grouped-query attention, SwiGLU MLP, RMSNorm, half-split rotary embedding (transformers' LlamaModel layout),
+with the optional `llama3` frequency scaling of Llama 3.1.
+"""
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from framepack_native.models.loading import load_pretrained
+
+ROPE_TYPES = ("default", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int = 128320
+    hidden_size: int = 4096
+    intermediate_size: int = 14336
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 8
+    head_dim: int = 128
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    rope_type: str = "default"            # "llama3": Llama 3.1 frequency scaling with the four fields below
+    rope_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position_embeddings: int = 8192
+    attention_bias: bool = False
+    mlp_bias: bool = False
+
+    def __post_init__(self):
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                             f"num_key_value_heads {self.num_key_value_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"rope_type {self.rope_type!r} is not supported; expected one of {ROPE_TYPES}")
+        if self.rope_type == "llama3" and self.rope_high_freq_factor <= self.rope_low_freq_factor:
+            raise ValueError(f"rope_high_freq_factor {self.rope_high_freq_factor} must exceed "
+                             f"rope_low_freq_factor {self.rope_low_freq_factor}")
+        if min(self.vocab_size, self.hidden_size, self.intermediate_size, self.num_hidden_layers) < 1:
+            raise ValueError(f"sizes must be positive: vocab {self.vocab_size}, hidden {self.hidden_size}, "
+                             f"intermediate {self.intermediate_size}, layers {self.num_hidden_layers}")
+
+    @classmethod
+    def tiny(cls, **overrides):
+        """A 2-layer GQA config for CPU tests."""
+        fields = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=10000.0)
+        return cls(**{**fields, **overrides})
+
+
+def rope_inv_freq(config):
+    """Inverse rotary frequencies (Dh/2,) float32 on the CPU, as transformers' default / `llama3` rope init."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    if config.rope_type == "default":
+        return inv_freq
+    # Llama 3.1: long wavelengths divided by `factor`, short ones kept, a linear blend in between.
+    old_len = config.rope_original_max_position_embeddings
+    low_wavelen = old_len / config.rope_low_freq_factor
+    high_wavelen = old_len / config.rope_high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / config.rope_factor, inv_freq)
+    smooth = (old_len / wavelen - config.rope_low_freq_factor) / (
+        config.rope_high_freq_factor - config.rope_low_freq_factor)
+    blended = (1 - smooth) * scaled / config.rope_factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, blended, scaled)
+
+
+def rope_half(x, cos, sin):
+    """Half-split rotary embedding (dims i and i + Dh/2 rotate together); x (B, L, N, Dh), cos/sin (L, Dh) fp32.
+
+    Not kernels.apply_rope: that one rotates interleaved pairs (2i, 2i+1), HunyuanVideo's layout.
+    """
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)  # (B, L, N, Dh)
+    return (xf * cos[:, None, :] + rotated * sin[:, None, :]).to(x.dtype)
+
+
+def causal_attention(q, k, v, kv_mask=None):
+    """Causal softmax attention with optional key padding (torch SDPA: kernels.attention has no causal mode).
+
+    q (B, L, N, Dh), k/v (B, L, Nkv, Dh) with N a multiple of Nkv (grouped-query); kv_mask bool (B, L),
+    True = attend. Query rows left with no key (left padding) attend to all earlier keys instead of NaN.
+    Returns (B, L, N, Dh).
+    """
+    B, L, N, _ = q.shape
+    if k.shape[2] != N:
+        k = k.repeat_interleave(N // k.shape[2], dim=2)  # (B, L, N, Dh)
+        v = v.repeat_interleave(N // v.shape[2], dim=2)  # (B, L, N, Dh)
+    q, k, v = (rearrange(t, "B L N D -> B N L D") for t in (q, k, v))
+    if kv_mask is None:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    else:
+        causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+        mask = causal[None] & kv_mask[:, None, :]  # (B, L, L)
+        mask = mask | (causal[None] & ~mask.any(-1, keepdim=True))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])  # (B, N, L, Dh)
+    return rearrange(out, "B N L D -> B L N D")
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm in float32, scaled by the weight after casting back (transformers' LlamaRMSNorm order)."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with a fused qkv projection."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.qkv = nn.Linear(config.hidden_size, (self.n_heads + 2 * self.n_kv) * self.head_dim,
+                             bias=config.attention_bias)
+        self.out = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=config.attention_bias)
+
+    def forward(self, x, cos, sin, kv_mask):
+        """x (B, L, D), cos/sin (L, Dh), kv_mask bool (B, L) or None -> (B, L, D)."""
+        q, k, v = self.qkv(x).split([self.n_heads * self.head_dim, self.n_kv * self.head_dim,
+                                     self.n_kv * self.head_dim], dim=-1)
+        q = rearrange(q, "B L (N D) -> B L N D", D=self.head_dim)
+        k = rearrange(k, "B L (N D) -> B L N D", D=self.head_dim)
+        v = rearrange(v, "B L (N D) -> B L N D", D=self.head_dim)
+        out = causal_attention(rope_half(q, cos, sin), rope_half(k, cos, sin), v, kv_mask)  # (B, L, N, Dh)
+        return self.out(rearrange(out, "B L N D -> B L (N D)"))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)), gate and up fused in one projection."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.gate_up = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.attn = Attention(config)
+        self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, kv_mask):
+        x = x + self.attn(self.attn_norm(x), cos, sin, kv_mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class LlamaTextEncoder(nn.Module):
+    """Llama decoder stack returning one of its hidden states (transformers' LlamaModel, output_hidden_states)."""
+
+    config_class = LlamaConfig
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self._rope_cache = {}
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=torch.bfloat16, device="cuda"):
+        return load_pretrained(cls, path, dtype, device)
+
+    def rope(self, length, device):
+        """cos, sin (L, Dh) float32 for positions 0..L-1, cached per device and length."""
+        key = (str(device), length)
+        if key not in self._rope_cache:
+            freqs = torch.arange(length, dtype=torch.float32)[:, None] * rope_inv_freq(self.config)[None]
+            emb = torch.cat((freqs, freqs), dim=-1)  # (L, Dh)
+            self._rope_cache = {key: (emb.cos().to(device), emb.sin().to(device))}
+        return self._rope_cache[key]
+
+    def forward(self, input_ids, attention_mask=None, hidden_state_index=-1):
+        """input_ids (B, L) int, attention_mask (B, L) 1 = token (right padding) -> (B, L, D).
+
+        Returns what transformers' hidden_states[hidden_state_index] holds: index 0 the embeddings, k the
+        output of layer k, the last one (-1) after the final norm. Layers past the index are not run.
+        """
+        n = self.config.num_hidden_layers
+        if not -(n + 1) <= hidden_state_index <= n:
+            raise ValueError(f"hidden_state_index {hidden_state_index} out of range for {n} layers "
+                             f"(valid: {-(n + 1)}..{n})")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (B, L), got shape {tuple(input_ids.shape)}")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape "
+                             f"{tuple(input_ids.shape)}")
+        depth = hidden_state_index % (n + 1)
+        kv_mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            kv_mask = attention_mask.to(device=input_ids.device, dtype=torch.bool)
+        x = self.embed(input_ids)  # (B, L, D)
+        cos, sin = self.rope(input_ids.shape[1], x.device)
+        for layer in self.layers[:depth]:
+            x = layer(x, cos, sin, kv_mask)
+        return self.norm(x) if depth == n else x
