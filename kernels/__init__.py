@@ -1,11 +1,21 @@
-"""Kernels of the hot path: attention and rotary embedding.
+"""Kernels of the hot path: attention, rotary embedding and the fused q/k RMSNorm + rotary.
 
-Each op has a torch reference (kernels.reference) and a dispatcher taking backend="auto"|"torch"|"triton".
-"auto" picks Triton for CUDA tensors when it imports, torch otherwise.
+Each op has a torch reference (kernels.reference), a Triton kernel (kernels.triton_attention,
+kernels.triton_rope) and a dispatcher here taking backend="auto"|"torch"|"triton". "auto" picks Triton
+for CUDA tensors when triton imports and the kernel covers the inputs, torch otherwise; the environment
+variable FRAMEPACK_KERNELS=torch makes "auto" mean torch. A forced "triton" that cannot run raises.
+The Triton kernels are forward-only: "auto" takes torch when autograd needs the graph.
 """
+import importlib
+import os
+
+import torch
+
 from kernels import reference
 
 BACKENDS = ("auto", "torch", "triton")
+ENV_VAR = "FRAMEPACK_KERNELS"
+_modules = {}  # kernels.triton_* modules by name; None when triton does not import
 
 
 def _check_backend(backend):
@@ -13,25 +23,127 @@ def _check_backend(backend):
         raise ValueError(f"unknown kernel backend {backend!r}; expected one of {BACKENDS}")
 
 
-def attention(q, k, v, *, kv_mask=None, scale=None, backend="auto"):
-    """Attention over (B, L, N, Dh) tensors; kv_mask bool (B, Lk), True = attend. Returns (B, Lq, N, Dh)."""
+def _triton_module(name):
+    """kernels.<name>, imported on first use so that the torch path never imports triton; None without triton."""
+    if name not in _modules:
+        try:
+            _modules[name] = importlib.import_module(f"kernels.{name}")
+        except ImportError:
+            _modules[name] = None
+    return _modules[name]
+
+
+def _use_triton(backend, module_name, tensors, unsupported):
+    """Whether to run the Triton kernel; unsupported(module) names what the kernel cannot take, or is None."""
     _check_backend(backend)
-    if backend == "triton":
-        raise RuntimeError("the Triton attention kernel is not built yet; use backend='torch'")
+    if backend == "torch":
+        return False
+    x = tensors[0]
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if backend == "auto":
+        env = os.environ.get(ENV_VAR) or "auto"
+        if env not in ("auto", "torch"):
+            raise ValueError(f"{ENV_VAR}={env!r}; expected 'auto' or 'torch'")
+        if env == "torch" or x.device.type != "cuda" or needs_grad:
+            return False
+        module = _triton_module(module_name)
+        return module is not None and unsupported(module) is None
+    module = _triton_module(module_name)
+    if module is None:
+        raise RuntimeError("backend='triton' but triton does not import; install triton or use backend='torch'")
+    if x.device.type != "cuda" and not module.INTERPRET:
+        raise RuntimeError(
+            f"backend='triton' needs CUDA tensors, got {x.device.type} tensors; use backend='torch', "
+            "or set TRITON_INTERPRET=1 before triton is imported to run the kernels in Triton's CPU interpreter"
+        )
+    if needs_grad:
+        raise RuntimeError("backend='triton' is forward-only but an input requires grad; use torch.no_grad()")
+    reason = unsupported(module)
+    if reason is not None:
+        raise ValueError(f"backend='triton': {reason}; use backend='torch'")
+    return True
+
+
+def _check_same(name, tensors, x):
+    for other_name, other in tensors.items():
+        if other is not None and other.device != x.device:
+            raise ValueError(f"{other_name} is on {other.device} but {name} is on {x.device}")
+
+
+def attention(q, k, v, *, kv_mask=None, scale=None, backend="auto"):
+    """Softmax attention without causal mask (scale defaults to 1/sqrt(Dh)).
+
+    q (B, Lq, N, Dh), k/v (B, Lk, N, Dh); kv_mask bool (B, Lk), True = attend. Returns (B, Lq, N, Dh).
+    """
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"attention takes (B, L, N, Dh) tensors; got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
+    B, Lq, N, Dh = q.shape
+    if k.shape != v.shape or k.shape[0] != B or k.shape[2:] != q.shape[2:]:
+        raise ValueError(f"attention shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if k.shape[1] == 0:
+        raise ValueError("attention needs at least one key; got k with Lk = 0")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"attention dtypes disagree: q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if kv_mask is not None and (kv_mask.dtype != torch.bool or tuple(kv_mask.shape) != (B, k.shape[1])):
+        raise ValueError(f"kv_mask must be bool (B, Lk) = ({B}, {k.shape[1]}); "
+                         f"got {kv_mask.dtype} {tuple(kv_mask.shape)}")
+    _check_same("q", {"k": k, "v": v, "kv_mask": kv_mask}, q)
+
+    def unsupported(module):
+        if q.dtype not in module.DTYPES:
+            return f"attention kernel takes {module.DTYPES}, got {q.dtype}"
+        if Dh not in module.HEAD_DIMS:
+            return f"attention kernel takes head dims {module.HEAD_DIMS}, got {Dh}"
+        if scale is not None and not scale > 0:
+            return f"attention kernel needs a positive scale, got {scale}"
+        return None
+
+    if _use_triton(backend, "triton_attention", (q, k, v), unsupported):
+        scale_ = Dh**-0.5 if scale is None else float(scale)
+        return _triton_module("triton_attention").attention_fwd(q, k, v, kv_mask, scale_)
     return reference.attention(q, k, v, kv_mask=kv_mask, scale=scale)
+
+
+def _check_rope(x, cos, sin, n_rope):
+    """Validates x (B, L, N, Dh) and cos/sin (n, Dh); returns n, the number of rotated tokens (None = L)."""
+    if x.dim() != 4 or x.shape[-1] % 2:
+        raise ValueError(f"rotary takes x (B, L, N, Dh) with Dh even; got {tuple(x.shape)}")
+    L, Dh = x.shape[1], x.shape[3]
+    n = L if n_rope is None else n_rope
+    if not 0 <= n <= L:
+        raise ValueError(f"n_rope must be within [0, L] = [0, {L}]; got {n}")
+    if tuple(cos.shape) != (n, Dh) or tuple(sin.shape) != (n, Dh):
+        raise ValueError(f"cos/sin must be ({n}, {Dh}); got cos {tuple(cos.shape)}, sin {tuple(sin.shape)}")
+    _check_same("x", {"cos": cos, "sin": sin}, x)
+    return n
+
+
+def _rope_unsupported(x):
+    def unsupported(module):
+        if x.dtype not in module.DTYPES:
+            return f"rotary kernel takes {module.DTYPES}, got {x.dtype}"
+        if x.shape[-1] not in module.HEAD_DIMS:
+            return f"rotary kernel takes head dims {module.HEAD_DIMS}, got {x.shape[-1]}"
+        return None
+
+    return unsupported
 
 
 def apply_rope(x, cos, sin, *, backend="auto"):
     """Rotate pairs (2i, 2i+1) of x (B, L, N, Dh) by cos/sin (L, Dh) float32. Returns x.dtype."""
-    _check_backend(backend)
-    if backend == "triton":
-        raise RuntimeError("the Triton RoPE kernel is not built yet; use backend='torch'")
+    _check_rope(x, cos, sin, None)
+    if _use_triton(backend, "triton_rope", (x, cos, sin), _rope_unsupported(x)):
+        return _triton_module("triton_rope").rms_norm_rope_fwd(x, None, cos, sin, 0.0, x.shape[1])
     return reference.apply_rope(x, cos, sin)
 
 
 def rms_norm_rope(x, weight, cos, sin, *, eps, n_rope=None, backend="auto"):
     """q/k RMSNorm (weight (Dh,)) + rotary on the first n_rope tokens of x (B, L, N, Dh); cos/sin (n_rope, Dh)."""
-    _check_backend(backend)
-    if backend == "triton":
-        raise RuntimeError("the Triton RMSNorm+RoPE kernel is not built yet; use backend='torch'")
+    n = _check_rope(x, cos, sin, n_rope)
+    if tuple(weight.shape) != (x.shape[-1],):
+        raise ValueError(f"weight must be ({x.shape[-1]},); got {tuple(weight.shape)}")
+    _check_same("x", {"weight": weight}, x)
+    if _use_triton(backend, "triton_rope", (x, weight, cos, sin), _rope_unsupported(x)):
+        return _triton_module("triton_rope").rms_norm_rope_fwd(x, weight, cos, sin, float(eps), n)
     return reference.rms_norm_rope(x, weight, cos, sin, eps, n_rope=n_rope)

@@ -1,0 +1,210 @@
+"""The FramePack transformer: HunyuanVideo's dual/single-stream DiT with multi-scale history context packing.
+
+Source: Zhang & Agrawala, "Packing Input Frame Context in Next-Frame Prediction Models for Video Generation"
+(2025), on HunyuanVideo (Kong et al., 2024). Parity reference: diffusers' HunyuanVideoFramepackTransformer3DModel.
+"""
+import dataclasses
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from framepack_native.models.loading import load_pretrained
+from framepack_native.models.transformer_blocks import DoubleStreamBlock, FinalLayer, SingleStreamBlock
+from framepack_native.models.transformer_embed import (
+    HistoryPatchEmbed,
+    ImageProjection,
+    MLPEmbedder,
+    TokenRefiner,
+    timestep_embedding,
+)
+from framepack_native.models.transformer_packing import HISTORY_POOL, rope_table
+
+
+@dataclasses.dataclass(frozen=True)
+class FramePackTransformerConfig:
+    """Fields and defaults as in the FramePack checkpoints' config.json (FramePackI2V_HY, FramePack_F1)."""
+    in_channels: int = 16
+    out_channels: int = 16
+    num_attention_heads: int = 24
+    attention_head_dim: int = 128
+    num_layers: int = 20
+    num_single_layers: int = 40
+    num_refiner_layers: int = 2
+    mlp_ratio: float = 4.0
+    patch_size: int = 2
+    patch_size_t: int = 1
+    guidance_embeds: bool = True
+    text_embed_dim: int = 4096
+    pooled_projection_dim: int = 768
+    image_proj_dim: int = 1152
+    rope_theta: float = 256.0
+    rope_axes_dim: tuple = (16, 56, 56)
+
+    def __post_init__(self):
+        positive = ("in_channels", "out_channels", "num_attention_heads", "attention_head_dim", "text_embed_dim",
+                    "pooled_projection_dim", "image_proj_dim")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_layers", "num_single_layers", "num_refiner_layers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if (self.patch_size, self.patch_size_t) != (2, 1):
+            raise ValueError(f"FramePack's history embedder is built for patches (t, h, w) = (1, 2, 2), got "
+                             f"patch_size_t={self.patch_size_t}, patch_size={self.patch_size}")
+        if len(self.rope_axes_dim) != 3 or any(d < 2 or d % 2 for d in self.rope_axes_dim):
+            raise ValueError(f"rope_axes_dim must be three even sizes (t, h, w), got {self.rope_axes_dim}")
+        if sum(self.rope_axes_dim) != self.attention_head_dim:
+            raise ValueError(f"rope_axes_dim {self.rope_axes_dim} sums to {sum(self.rope_axes_dim)}, "
+                             f"attention_head_dim is {self.attention_head_dim}")
+        if self.mlp_ratio <= 0 or self.rope_theta <= 0:
+            raise ValueError(f"mlp_ratio ({self.mlp_ratio}) and rope_theta ({self.rope_theta}) must be > 0")
+
+    @property
+    def hidden_dim(self):
+        return self.num_attention_heads * self.attention_head_dim
+
+    @classmethod
+    def tiny(cls, **overrides):
+        """A few-kB model for CPU tests: 2 heads x 16, 2 dual + 2 single blocks, 1 refiner layer."""
+        fields = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, num_single_layers=2,
+                      num_refiner_layers=1, text_embed_dim=24, pooled_projection_dim=12, image_proj_dim=20,
+                      rope_axes_dim=(4, 6, 6))
+        return cls(**{**fields, **overrides})
+
+
+class FramePackTransformer(nn.Module):
+    """Denoiser of one FramePack section: the noisy window attends to the packed clean history, image and text."""
+    config_class = FramePackTransformerConfig
+    kernel_backend = "auto"  # "auto" | "torch" | "triton", passed to every kernels.* call
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        c, dim = config, config.hidden_dim
+        mlp_dim = int(dim * c.mlp_ratio)
+        patch = (c.patch_size_t, c.patch_size, c.patch_size)
+        self.img_in = nn.Conv3d(c.in_channels, dim, patch, stride=patch)
+        self.history_in = HistoryPatchEmbed(c.in_channels, dim)
+        self.time_in = MLPEmbedder(256, dim)
+        self.guidance_in = MLPEmbedder(256, dim) if c.guidance_embeds else None
+        self.vector_in = MLPEmbedder(c.pooled_projection_dim, dim)
+        self.txt_in = TokenRefiner(c.text_embed_dim, dim, c.num_attention_heads, c.num_refiner_layers, c.mlp_ratio)
+        self.image_in = ImageProjection(c.image_proj_dim, dim)
+        head = (dim, c.num_attention_heads, c.attention_head_dim, mlp_dim)
+        self.double_blocks = nn.ModuleList(DoubleStreamBlock(*head) for _ in range(c.num_layers))
+        self.single_blocks = nn.ModuleList(SingleStreamBlock(*head) for _ in range(c.num_single_layers))
+        self.final_layer = FinalLayer(dim, c.patch_size_t * c.patch_size**2 * c.out_channels)
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=torch.bfloat16, device="cuda"):
+        return load_pretrained(cls, path, dtype, device)
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, pooled_projections,
+                image_embeds, indices_latents, guidance=None, latents_clean=None, indices_latents_clean=None,
+                latents_history_2x=None, indices_latents_history_2x=None, latents_history_4x=None,
+                indices_latents_history_4x=None):
+        """Velocity of the noisy window (B, C, T, H, W), arguments as diffusers' HunyuanVideoFramepackTransformer3DModel.
+
+        hidden_states (B, C, T, H, W); timestep (B,); encoder_hidden_states (B, Lt, text_dim) with
+        encoder_attention_mask (B, Lt) (valid tokens first); pooled_projections (B, pooled_dim); image_embeds
+        (B, Li, image_dim); indices_latents (T,) frame indices; guidance (B,) (ignored without guidance_embeds);
+        latents_clean (B, C, Tc, H, W) / latents_history_2x / latents_history_4x, each with its (T*,) indices
+        or both None. Returns (B, out_channels, T, H, W).
+        """
+        histories = {"1x": (latents_clean, indices_latents_clean), "2x": (latents_history_2x,
+                     indices_latents_history_2x), "4x": (latents_history_4x, indices_latents_history_4x)}
+        lengths = self._check_inputs(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask,
+                                     pooled_projections, image_embeds, indices_latents, guidance, histories)
+        c, backend = self.config, self.kernel_backend
+        dtype = self.img_in.weight.dtype
+        B, _, T, H, W = hidden_states.shape
+        h, w = H // c.patch_size, W // c.patch_size
+        if indices_latents is None:
+            indices_latents = torch.arange(T, device=hidden_states.device)
+
+        # Image stream: [4x | 2x | clean | noisy window] tokens, each with its RoPE table (pooled for 2x / 4x).
+        img = [rearrange(self.img_in(hidden_states.to(dtype)), "B D T h w -> B (T h w) D")]
+        tables = [rope_table(indices_latents.to(hidden_states.device), h, w, c.rope_axes_dim, c.rope_theta)]
+        for scale, (latents, indices) in histories.items():
+            if latents is not None:
+                img.insert(0, self.history_in(latents.to(dtype), scale))
+                tables.insert(0, rope_table(indices.to(hidden_states.device), h, w, c.rope_axes_dim, c.rope_theta,
+                                            pool=HISTORY_POOL[scale]))
+        cos, sin = (torch.cat(t, dim=0) for t in zip(*tables))  # (Li, Dh) float32
+        img = torch.cat(img, dim=1)  # (B, Li, D)
+        n_img, n_out = img.shape[1], T * h * w
+
+        # Conditioning vector: timestep + guidance + pooled CLIP text.
+        vec = self.time_in(timestep_embedding(timestep.expand(B)).to(dtype))
+        if self.guidance_in is not None:
+            vec = vec + self.guidance_in(timestep_embedding(guidance.expand(B)).to(dtype))
+        vec = torch.nn.functional.silu(vec + self.vector_in(pooled_projections.to(dtype)))  # (B, D)
+
+        # Text stream: [image tokens | refined text], text cut to the longest valid length; batch > 1 masks keys.
+        n_txt = max(lengths)
+        text_mask = None
+        if min(lengths) < n_txt:
+            text_mask = encoder_attention_mask[:, :n_txt].bool()  # (B, Lt')
+        txt = self.txt_in(encoder_hidden_states[:, :n_txt].to(dtype), timestep.expand(B), text_mask, backend)
+        txt = torch.cat((self.image_in(image_embeds.to(dtype)), txt), dim=1)  # (B, Lc, D)
+        kv_mask = None
+        if text_mask is not None:
+            kv_mask = torch.cat((text_mask.new_ones(B, n_img + image_embeds.shape[1]), text_mask), dim=1)
+
+        for block in self.double_blocks:
+            img, txt = block(img, txt, vec, cos, sin, kv_mask, backend)
+        x = torch.cat((img, txt), dim=1)  # (B, Li+Lc, D)
+        for block in self.single_blocks:
+            x = block(x, vec, cos, sin, n_img, kv_mask, backend)
+
+        out = self.final_layer(x[:, n_img - n_out:n_img], vec)  # (B, T*h*w, pt*p*p*C)
+        return rearrange(out, "B (T h w) (C pt ph pw) -> B C (T pt) (h ph) (w pw)", T=T, h=h, w=w,
+                         pt=c.patch_size_t, ph=c.patch_size, pw=c.patch_size)
+
+    def _check_inputs(self, hidden_states, timestep, txt, txt_mask, pooled, image_embeds, indices, guidance,
+                      histories):
+        """Raise ValueError naming the culprit; return the valid text length of each batch row (list of int)."""
+        c = self.config
+        if hidden_states.ndim != 5 or hidden_states.shape[1] != c.in_channels:
+            raise ValueError(f"hidden_states must be (B, {c.in_channels}, T, H, W), got {tuple(hidden_states.shape)}")
+        B, _, T, H, W = hidden_states.shape
+        if H % c.patch_size or W % c.patch_size:
+            raise ValueError(f"latent height and width must be multiples of {c.patch_size}, got {H}x{W}")
+        if timestep.shape not in ((), (B,)):
+            raise ValueError(f"timestep must be a scalar or ({B},), got {tuple(timestep.shape)}")
+        if c.guidance_embeds and (guidance is None or guidance.shape not in ((), (B,))):
+            got = None if guidance is None else tuple(guidance.shape)
+            raise ValueError(f"this model embeds guidance: pass guidance as a scalar or ({B},), got {got}")
+        if txt.ndim != 3 or txt.shape[0] != B or txt.shape[2] != c.text_embed_dim:
+            raise ValueError(f"encoder_hidden_states must be ({B}, L, {c.text_embed_dim}), got {tuple(txt.shape)}")
+        if tuple(txt_mask.shape) != tuple(txt.shape[:2]):
+            raise ValueError(f"encoder_attention_mask must be {tuple(txt.shape[:2])}, got {tuple(txt_mask.shape)}")
+        if tuple(pooled.shape) != (B, c.pooled_projection_dim):
+            raise ValueError(f"pooled_projections must be ({B}, {c.pooled_projection_dim}), got {tuple(pooled.shape)}")
+        if image_embeds.ndim != 3 or image_embeds.shape[0] != B or image_embeds.shape[2] != c.image_proj_dim:
+            raise ValueError(f"image_embeds must be ({B}, L, {c.image_proj_dim}), got {tuple(image_embeds.shape)}")
+        if indices is not None and tuple(indices.shape) != (T,):
+            raise ValueError(f"indices_latents must be ({T},) frame indices, got {tuple(indices.shape)}")
+        for scale, (latents, idx) in histories.items():
+            name = {"1x": "latents_clean", "2x": "latents_history_2x", "4x": "latents_history_4x"}[scale]
+            if (latents is None) != (idx is None):
+                raise ValueError(f"{name} and its indices must be given together (got only the "
+                                 f"{'indices' if latents is None else 'latents'})")
+            if latents is None:
+                continue
+            if latents.ndim != 5 or (latents.shape[0], latents.shape[1], *latents.shape[3:]) != (B, c.in_channels, H, W):
+                raise ValueError(f"{name} must be ({B}, {c.in_channels}, frames, {H}, {W}), got {tuple(latents.shape)}")
+            if tuple(idx.shape) != (latents.shape[2],):
+                raise ValueError(f"indices of {name} must be ({latents.shape[2]},), got {tuple(idx.shape)}")
+        # The reference reads the mask as lengths (valid tokens first); any other mask would be misread.
+        valid = txt_mask != 0
+        lengths = valid.sum(dim=1)
+        prefix = torch.arange(valid.shape[1], device=valid.device)[None] < lengths[:, None]
+        is_prefix = bool(torch.equal(prefix, valid))
+        lengths = lengths.tolist()
+        if not is_prefix or min(lengths) < 1:
+            raise ValueError(f"encoder_attention_mask rows must be 1 for the first n >= 1 tokens and 0 after, "
+                             f"got lengths {lengths}{'' if is_prefix else ' with holes'}")
+        return lengths

@@ -1,0 +1,142 @@
+"""HunyuanVideo's DiT blocks: dual-stream (separate image/text weights, joint attention) and single-stream
+(fused QKV + MLP-in, fused attention-out + MLP-out), adaLN-Zero modulation, q/k RMSNorm, RoPE on image tokens.
+
+Source: HunyuanVideo (Kong et al., 2024) section 4.1 and Flux's MMDiT blocks; diffusers'
+HunyuanVideoTransformerBlock / HunyuanVideoSingleTransformerBlock for the numerics (eps 1e-6, tanh GELU).
+"""
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+import kernels
+
+EPS = 1e-6
+
+
+class ModulationOut(NamedTuple):
+    shift: torch.Tensor  # (B, 1, D)
+    scale: torch.Tensor  # (B, 1, D)
+    gate: torch.Tensor  # (B, 1, D)
+
+
+class Modulation(nn.Module):
+    """adaLN parameters from the conditioning: (B, D) -> `count` ModulationOut(shift, scale, gate)."""
+
+    def __init__(self, hidden_dim, count):
+        super().__init__()
+        self.count = count
+        self.lin = nn.Linear(hidden_dim, 3 * count * hidden_dim)
+
+    def forward(self, vec):
+        chunks = self.lin(vec)[:, None].chunk(3 * self.count, dim=-1)  # 3 * count x (B, 1, D)
+        return [ModulationOut(*chunks[3 * i: 3 * i + 3]) for i in range(self.count)]
+
+
+def modulate(x, mod):
+    """LayerNorm (no affine, eps 1e-6) of x (B, L, D), then x * (1 + scale) + shift."""
+    return torch.addcmul(mod.shift, F.layer_norm(x, x.shape[-1:], eps=EPS), 1 + mod.scale)
+
+
+class MLP(nn.Module):
+    """Linear -> tanh GELU -> Linear."""
+
+    def __init__(self, hidden_dim, mlp_dim):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_dim, mlp_dim)
+        self.fc2 = nn.Linear(mlp_dim, hidden_dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class QKVAttention(nn.Module):
+    """Fused QKV projection with per-head q/k RMSNorm, and the output projection of one stream."""
+
+    def __init__(self, hidden_dim, num_heads, head_dim):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(hidden_dim, 3 * hidden_dim)
+        self.norm_q = nn.RMSNorm(head_dim, eps=EPS)
+        self.norm_k = nn.RMSNorm(head_dim, eps=EPS)
+        self.proj = nn.Linear(hidden_dim, hidden_dim)
+
+    def qkv_heads(self, x, cos, sin, n_rope, backend):
+        """x (B, L, D) -> q, k, v (B, L, N, Dh); q/k normalised, the first n_rope tokens rotated by cos/sin."""
+        q, k, v = rearrange(self.qkv(x), "B L (K N Dh) -> K B L N Dh", K=3, N=self.num_heads)
+        q = kernels.rms_norm_rope(q, self.norm_q.weight, cos, sin, eps=EPS, n_rope=n_rope, backend=backend)
+        k = kernels.rms_norm_rope(k, self.norm_k.weight, cos, sin, eps=EPS, n_rope=n_rope, backend=backend)
+        return q, k, v
+
+
+class DoubleStreamBlock(nn.Module):
+    """Dual-stream block: image and text keep their own weights and attend jointly over [image, text]."""
+
+    def __init__(self, hidden_dim, num_heads, head_dim, mlp_dim):
+        super().__init__()
+        self.img_mod = Modulation(hidden_dim, 2)
+        self.txt_mod = Modulation(hidden_dim, 2)
+        self.img_attn = QKVAttention(hidden_dim, num_heads, head_dim)
+        self.txt_attn = QKVAttention(hidden_dim, num_heads, head_dim)
+        self.img_mlp = MLP(hidden_dim, mlp_dim)
+        self.txt_mlp = MLP(hidden_dim, mlp_dim)
+
+    def forward(self, img, txt, vec, cos, sin, kv_mask, backend):
+        """img (B, Li, D), txt (B, Lt, D), vec (B, D) = silu(conditioning), cos/sin (Li, Dh), kv_mask (B, Li+Lt)."""
+        n_img = img.shape[1]
+        img_mod1, img_mod2 = self.img_mod(vec)
+        txt_mod1, txt_mod2 = self.txt_mod(vec)
+        img_q, img_k, img_v = self.img_attn.qkv_heads(modulate(img, img_mod1), cos, sin, n_img, backend)
+        txt_q, txt_k, txt_v = self.txt_attn.qkv_heads(modulate(txt, txt_mod1), cos[:0], sin[:0], 0, backend)
+        attn = kernels.attention(
+            torch.cat((img_q, txt_q), dim=1), torch.cat((img_k, txt_k), dim=1), torch.cat((img_v, txt_v), dim=1),
+            kv_mask=kv_mask, backend=backend,
+        ).flatten(2)  # (B, Li+Lt, D)
+        img = torch.addcmul(img, img_mod1.gate, self.img_attn.proj(attn[:, :n_img]))
+        txt = torch.addcmul(txt, txt_mod1.gate, self.txt_attn.proj(attn[:, n_img:]))
+        img = torch.addcmul(img, img_mod2.gate, self.img_mlp(modulate(img, img_mod2)))
+        txt = torch.addcmul(txt, txt_mod2.gate, self.txt_mlp(modulate(txt, txt_mod2)))
+        return img, txt
+
+
+class SingleStreamBlock(nn.Module):
+    """Single-stream block over the joint [image, text] sequence: one Linear makes q, k, v and the MLP input,
+    one Linear maps [attention, GELU(MLP)] back, run in parallel (ViT-22B style)."""
+
+    def __init__(self, hidden_dim, num_heads, head_dim, mlp_dim):
+        super().__init__()
+        self.num_heads = num_heads
+        self.hidden_dim = hidden_dim
+        self.mlp_dim = mlp_dim
+        self.modulation = Modulation(hidden_dim, 1)
+        self.linear1 = nn.Linear(hidden_dim, 3 * hidden_dim + mlp_dim)
+        self.norm_q = nn.RMSNorm(head_dim, eps=EPS)
+        self.norm_k = nn.RMSNorm(head_dim, eps=EPS)
+        self.linear2 = nn.Linear(hidden_dim + mlp_dim, hidden_dim)
+
+    def forward(self, x, vec, cos, sin, n_img, kv_mask, backend):
+        """x (B, L, D) with the n_img image tokens first, vec (B, D), cos/sin (n_img, Dh), kv_mask (B, L)."""
+        (mod,) = self.modulation(vec)
+        qkv, mlp = self.linear1(modulate(x, mod)).split((3 * self.hidden_dim, self.mlp_dim), dim=-1)
+        q, k, v = rearrange(qkv, "B L (K N Dh) -> K B L N Dh", K=3, N=self.num_heads)
+        q = kernels.rms_norm_rope(q, self.norm_q.weight, cos, sin, eps=EPS, n_rope=n_img, backend=backend)
+        k = kernels.rms_norm_rope(k, self.norm_k.weight, cos, sin, eps=EPS, n_rope=n_img, backend=backend)
+        attn = kernels.attention(q, k, v, kv_mask=kv_mask, backend=backend).flatten(2)  # (B, L, D)
+        out = self.linear2(torch.cat((attn, F.gelu(mlp, approximate="tanh")), dim=-1))  # (B, L, D)
+        return torch.addcmul(x, mod.gate, out)
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift, scale; no gate) + Linear to the patch values (B, L, pt*p*p*C)."""
+
+    def __init__(self, hidden_dim, patch_values):
+        super().__init__()
+        self.modulation = nn.Linear(hidden_dim, 2 * hidden_dim)
+        self.linear = nn.Linear(hidden_dim, patch_values)
+
+    def forward(self, x, vec):
+        shift, scale = self.modulation(vec)[:, None].chunk(2, dim=-1)  # (B, 1, D) each
+        x = torch.addcmul(shift, F.layer_norm(x, x.shape[-1:], eps=EPS), 1 + scale)
+        return self.linear(x)

