@@ -1,0 +1,58 @@
+"""Writing frames to H.264 mp4 through PyAV, atomically, and reading them back."""
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def to_uint8_frames(frames):
+    """(F, 3, H, W) float in [0, 1] -> (F, H, W, 3) uint8 numpy, rounded as diffusers' postprocess does."""
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"frames must be (F, 3, H, W), got {tuple(frames.shape)}")
+    frames = frames.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (F, H, W, 3)
+
+
+def write_mp4(path, frames, fps=30, crf=16):
+    """Encode (F, 3, H, W) frames in [0, 1] as H.264 (yuv420p) mp4 at `path`; written to a temporary name first.
+
+    H and W must be even (yuv420p); the file appears only when the encoder has finished.
+    """
+    path = Path(path)
+    pixels = to_uint8_frames(frames)
+    n, h, w, _ = pixels.shape
+    if n < 1:
+        raise ValueError("no frames to write")
+    if h % 2 or w % 2:
+        raise ValueError(f"H.264 yuv420p needs even sizes, got {h}x{w}")
+    if not path.parent.is_dir():
+        raise OSError(f"{path.parent}: no such folder for the output video")
+    import av
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4")
+    os.close(fd)
+    try:
+        with av.open(tmp, mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=int(fps))
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            stream.options = {"crf": str(crf)}
+            for rgb in pixels:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_video(path):
+    """Decode a video into (F, H, W, 3) uint8 numpy frames."""
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
