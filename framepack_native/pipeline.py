@@ -1,0 +1,253 @@
+"""FramePackPipeline: image + prompt -> video, section by section (Zhang & Agrawala 2025, Sec. 3).
+
+Draws random numbers in the order and shapes of diffusers' HunyuanVideoFramepackPipeline (image posterior,
+last-image posterior, then one noise tensor per section), so with sampler="euler" the same generator
+gives the same video from the same weights.
+"""
+import contextlib
+from pathlib import Path
+
+import torch
+
+from framepack_native.image import SiglipProcessorConfig, siglip_pixels, vae_pixels
+from framepack_native.models import (CLIPTextEncoder, FramePackTransformer, HunyuanVideoVAE, LlamaTextEncoder,
+                                     SiglipVisionEncoder)
+from framepack_native.models.loading import MANIFEST, read_json
+from framepack_native.prompt import encode_prompt
+from framepack_native.sampling import FlowMatchConfig, flow_sigmas, sample_euler, sample_unipc, shift_mu
+from framepack_native.sections import (SAMPLING_TYPES, num_sections, padding_schedule, section_layout,
+                                       soft_append, split_history)
+from framepack_native.tokenizers import CLIPTokenizer, LlamaTokenizer
+from framepack_native.weights import CheckpointError
+
+SAMPLERS = ("euler", "unipc")
+
+
+def randn(shape, generator, device):
+    """Float32 normal noise drawn on the generator's device and moved (diffusers' randn_tensor order)."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device)
+
+
+def rescale_guidance(pred, pred_pos, rescale):
+    """Guidance rescale (Lin et al. 2023, Sec. 3.4): match the std of the guided prediction to the positive one."""
+    if rescale == 0:
+        return pred
+    dims = list(range(1, pred.ndim))
+    rescaled = pred * (pred_pos.std(dim=dims, keepdim=True) / pred.std(dim=dims, keepdim=True))
+    return rescale * rescaled + (1 - rescale) * pred
+
+
+class FramePackPipeline:
+    """All components of one converted folder, and the section loop that runs them."""
+
+    def __init__(self, transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, image_encoder,
+                 image_processor=SiglipProcessorConfig(), scheduler=FlowMatchConfig(shift=7.0),
+                 sampling_type="inverted_anti_drifting", device="cuda", offload=False):
+        if sampling_type not in SAMPLING_TYPES:
+            raise ValueError(f"unknown sampling type {sampling_type!r}; expected one of {SAMPLING_TYPES}")
+        self.transformer, self.vae = transformer, vae
+        self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
+        self.image_encoder, self.image_processor = image_encoder, image_processor
+        self.scheduler, self.sampling_type = scheduler, sampling_type
+        self.device, self.offload = torch.device(device), offload
+
+    @classmethod
+    def from_pretrained(cls, native_dir, dtype=torch.bfloat16, device="cuda", offload=False):
+        """Load every component of a folder written by `python -m weights_convert`.
+
+        offload=True keeps the weights on the CPU and moves each component to `device` only while it works.
+        """
+        root = Path(native_dir)
+        manifest = read_json(root / MANIFEST)
+        need = ("transformer", "vae", "text_encoder", "text_encoder_2", "image_encoder")
+        missing = [n for n in need if n not in manifest.get("components", {})]
+        missing += [n for n in ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor")
+                    if n not in manifest.get("aux", {})]
+        if missing:
+            raise CheckpointError(f"{root}: incomplete model folder, missing {', '.join(missing)} (convert the "
+                                  "pipeline with --transformer and --image-encoder)")
+        load_device = "cpu" if offload else device
+
+        def load(cls_, name):
+            return cls_.from_pretrained(root / manifest["components"][name]["path"], dtype=dtype, device=load_device)
+
+        return cls(
+            transformer=load(FramePackTransformer, "transformer"), vae=load(HunyuanVideoVAE, "vae"),
+            text_encoder=load(LlamaTextEncoder, "text_encoder"), tokenizer=LlamaTokenizer.from_pretrained(
+                root / "tokenizer"),
+            text_encoder_2=load(CLIPTextEncoder, "text_encoder_2"), tokenizer_2=CLIPTokenizer.from_pretrained(
+                root / "tokenizer_2"),
+            image_encoder=load(SiglipVisionEncoder, "image_encoder"),
+            image_processor=SiglipProcessorConfig.from_pretrained(root / "feature_extractor"),
+            scheduler=FlowMatchConfig.from_file(root / "scheduler" / "scheduler_config.json"),
+            sampling_type=manifest.get("sampling_type") or "inverted_anti_drifting", device=device, offload=offload)
+
+    @contextlib.contextmanager
+    def _on_device(self, *modules):
+        """Modules on the compute device for the duration of the block; back to the CPU after, with offload."""
+        if self.offload:
+            for m in modules:
+                m.to(self.device)
+        try:
+            yield
+        finally:
+            if self.offload:
+                for m in modules:
+                    m.to("cpu")
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    def _check(self, prompt, last_image, height, width, num_frames, latent_window_size, num_inference_steps,
+               sampling_type, sampler):
+        if not isinstance(prompt, str) and not (isinstance(prompt, (list, tuple)) and prompt
+                                                and all(isinstance(p, str) for p in prompt)):
+            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}")
+        if height % 16 or width % 16 or height < 16 or width < 16:
+            raise ValueError(f"height and width must be positive multiples of 16, got {height} x {width}")
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if latent_window_size < 1 or num_inference_steps < 1:
+            raise ValueError(f"latent_window_size ({latent_window_size}) and num_inference_steps "
+                             f"({num_inference_steps}) must be >= 1")
+        if sampling_type not in SAMPLING_TYPES:
+            raise ValueError(f"unknown sampling type {sampling_type!r}; expected one of {SAMPLING_TYPES}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+        if last_image is not None and sampling_type != "inverted_anti_drifting":
+            raise ValueError("last_image needs sampling_type='inverted_anti_drifting' (vanilla sampling walks "
+                             "forward from the first image and cannot aim at a last one)")
+
+    def _encode_text(self, prompts, dtype):
+        with self._on_device(self.text_encoder, self.text_encoder_2):
+            embeds, mask, pooled = encode_prompt(prompts, self.tokenizer, self.text_encoder, self.tokenizer_2,
+                                                 self.text_encoder_2)
+        return embeds.to(self.device, dtype), mask.to(self.device), pooled.to(self.device, dtype)
+
+    def _encode_image(self, image, batch, height, width, generator, dtype):
+        """-> SigLIP embeds (B, 729, 1152) in dtype, scaled VAE latents (B, C, 1, h, w) float32."""
+        pixels = vae_pixels(image, height, width).expand(batch, -1, -1, -1).to(self.device)  # (B, 3, H, W)
+        with self._on_device(self.image_encoder):
+            enc = self.image_encoder(siglip_pixels(pixels, self.image_processor).to(self.image_encoder_dtype))
+        with self._on_device(self.vae):
+            posterior = self.vae.encode(pixels[:, :, None].to(self.vae.dtype))  # (B, 3, 1, H, W) in
+            latents = posterior.sample(generator) * self.vae.config.scaling_factor
+        return enc.to(dtype), latents.float()
+
+    @property
+    def image_encoder_dtype(self):
+        return next(self.image_encoder.parameters()).dtype
+
+    @torch.no_grad()
+    def __call__(self, image, prompt, *, last_image=None, negative_prompt=None, height=640, width=640,
+                 num_frames=129, latent_window_size=9, num_inference_steps=25, guidance_scale=10.0,
+                 true_cfg_scale=1.0, guidance_rescale=0.0, generator=None, sampling_type=None, sampler="unipc",
+                 average_last_image_embeds=True, callback=None):
+        """Generate (B, F, 3, H, W) frames in [0, 1], F = (sections' frames - 1) // 4 * 4 + 1.
+
+        image / last_image: a path, PIL image, array or tensor (one image, used for every prompt);
+        guidance_scale: the distilled guidance (x 1000 into the model); true_cfg_scale > 1 with a negative
+        prompt runs classifier-free guidance; sampler "euler" (diffusers' scheduler) or "unipc" (FramePack's);
+        average_last_image_embeds: with last_image, condition on the mean of both SigLIP embeddings (FramePack
+        PR #167); diffusers (0.42) computes that mean but passes the first image's embeddings only: False does that.
+        callback(event): event["kind"] "step" (section, step, latents) or "section" (section, frames so far).
+        """
+        sampling_type = sampling_type or self.sampling_type
+        self._check(prompt, last_image, height, width, num_frames, latent_window_size, num_inference_steps,
+                    sampling_type, sampler)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        B, dtype, device = len(prompts), self.transformer_dtype, self.device
+        cfg = self.transformer.config
+        do_cfg = true_cfg_scale > 1 and negative_prompt is not None
+
+        txt, txt_mask, pooled = self._encode_text(prompts, dtype)
+        if do_cfg:
+            negs = [negative_prompt] * B if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(negs) != B:
+                raise ValueError(f"{len(negs)} negative prompts for {B} prompts")
+            neg_txt, neg_mask, neg_pooled = self._encode_text(negs, dtype)
+        image_embeds, image_latents = self._encode_image(image, B, height, width, generator, dtype)
+        if last_image is not None:
+            last_embeds, last_latents = self._encode_image(last_image, B, height, width, generator, dtype)
+            if average_last_image_embeds:
+                image_embeds = (image_embeds + last_embeds) / 2
+
+        vae_t = self.vae.config.temporal_compression_ratio
+        h, w = height // self.vae.config.spatial_compression_ratio, width // self.vae.config.spatial_compression_ratio
+        sections = num_sections(num_frames, latent_window_size, vae_t)
+        history = torch.zeros(B, cfg.in_channels, 19, h, w, device=device)  # 1 + 2 + 16 history frames
+        generated = 0
+        if sampling_type == "vanilla":
+            history, generated = torch.cat((history, image_latents), dim=2), 1
+        guidance = torch.full((B,), guidance_scale, dtype=dtype, device=device) * 1000.0
+        paddings = padding_schedule(sections)
+        overlap = (latent_window_size - 1) * vae_t + 1
+        video = None
+
+        for k in range(sections):
+            last_section = k == sections - 1
+            layout = section_layout(sampling_type, latent_window_size,
+                                    paddings[k] if sampling_type == "inverted_anti_drifting" else 0)
+            h1, h2, h4 = split_history(history, sampling_type)
+            if last_image is not None and k == 0:
+                h1 = last_latents
+            context = dict(image_embeds=image_embeds, indices_latents=layout.latents, guidance=guidance,
+                           latents_clean=torch.cat((image_latents, h1), dim=2).to(dtype),
+                           indices_latents_clean=layout.clean, latents_history_2x=h2.to(dtype),
+                           indices_latents_history_2x=layout.history_2x, latents_history_4x=h4.to(dtype),
+                           indices_latents_history_4x=layout.history_4x)
+
+            def velocity(x, sigma):
+                t = (sigma * 1000.0).expand(B).to(device)
+                pred = self.transformer(x.to(dtype), t, txt, txt_mask, pooled, **context)
+                if do_cfg:
+                    neg = self.transformer(x.to(dtype), t, neg_txt, neg_mask, neg_pooled, **context)
+                    pred_cfg = neg + true_cfg_scale * (pred - neg)
+                    pred = rescale_guidance(pred_cfg.float(), pred.float(), guidance_rescale)
+                return pred.float()
+
+            def on_step(d):
+                if callback is not None:
+                    callback({"kind": "step", "section": k, "step": d["i"], "latents": d["x"]})
+
+            noise = randn((B, cfg.in_channels, latent_window_size, h, w), generator, device)
+            sigmas = flow_sigmas(num_inference_steps, self.scheduler,
+                                 mu=shift_mu(latent_window_size * h * w / cfg.patch_size**2, self.scheduler))
+            with self._on_device(self.transformer):
+                if sampler == "euler":
+                    latents = sample_euler(velocity, noise, sigmas.to(device), callback=on_step)
+                else:
+                    latents = sample_unipc(lambda x, s: x.float() - velocity(x, s) * s, noise, sigmas.to(device),
+                                           callback=on_step)
+
+            if sampling_type == "inverted_anti_drifting":
+                if last_section:
+                    latents = torch.cat((image_latents, latents), dim=2)
+                generated += latents.shape[2]
+                history = torch.cat((latents, history), dim=2)
+                real = history[:, :, :generated]
+                part = real[:, :, :latent_window_size * 2 + (1 if last_section else 0)]
+            else:
+                generated += latents.shape[2]
+                history = torch.cat((history, latents), dim=2)
+                real = history[:, :, -generated:]
+                part = real[:, :, -latent_window_size * 2:]
+
+            with self._on_device(self.vae):
+                if video is None:
+                    video = self.vae.decode(real.to(self.vae.dtype) / self.vae.config.scaling_factor)
+                else:
+                    current = self.vae.decode(part.to(self.vae.dtype) / self.vae.config.scaling_factor)
+                    video = (soft_append(current, video, overlap) if sampling_type == "inverted_anti_drifting"
+                             else soft_append(video, current, overlap))
+            if callback is not None:
+                callback({"kind": "section", "section": k, "sections": sections, "frames": video})
+
+        keep = (video.shape[2] - 1) // vae_t * vae_t + 1
+        frames = (video[:, :, :keep].float() * 0.5 + 0.5).clamp(0, 1)  # (B, 3, F, H, W)
+        return frames.permute(0, 2, 1, 3, 4)  # (B, F, 3, H, W)
+
+    @property
+    def transformer_dtype(self):
+        return next(self.transformer.parameters()).dtype
