@@ -1,33 +1,171 @@
-"""The framepack-native command: generate a video, or convert checkpoints."""
+"""The framepack-native command: generate a video from an image and a prompt, or convert checkpoints.
+
+Bad input ends with one line on stderr and exit code 2, no traceback and no output file.
+"""
 import argparse
+import os
 import sys
+from pathlib import Path
+
+FPS = 30
+DTYPES = ("bf16", "fp16", "fp32")
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _check_args(args):
+    """Cheap checks before any model loads: sizes, modes, files, the output folder."""
+    from framepack_native.image import load_image
+    from framepack_native.pipeline import SAMPLERS
+    from framepack_native.sections import SAMPLING_TYPES
+
+    if args.height % 16 or args.width % 16 or args.height < 16 or args.width < 16:
+        raise UsageError(f"--height and --width must be positive multiples of 16, got {args.height} x {args.width}")
+    if args.sampling is not None and args.sampling not in SAMPLING_TYPES:
+        raise UsageError(f"--sampling {args.sampling!r}: expected one of {', '.join(SAMPLING_TYPES)}")
+    if args.sampler not in SAMPLERS:
+        raise UsageError(f"--sampler {args.sampler!r}: expected one of {', '.join(SAMPLERS)}")
+    if args.last_image and args.sampling == "vanilla":
+        raise UsageError("--last-image needs --sampling inverted_anti_drifting")
+    frames = args.num_frames if args.num_frames is not None else round(args.seconds * FPS)
+    if frames < 1:
+        raise UsageError(f"the video needs at least 1 frame, got {frames} (--seconds / --num-frames)")
+    if args.steps < 1 or args.window < 1:
+        raise UsageError(f"--steps ({args.steps}) and --window ({args.window}) must be >= 1")
+    out = Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise UsageError(f"--out {out}: folder {out.parent} does not exist or is not writable")
+    if not args.demo:
+        if not args.model or not args.image or args.prompt is None:
+            raise UsageError("--model, --image and --prompt are required (or --demo)")
+        if not Path(args.model).is_dir():
+            raise UsageError(f"--model {args.model}: no such folder")
+    images = {}
+    for flag, path in (("--image", args.image), ("--last-image", args.last_image)):
+        if path:
+            try:
+                images[flag] = load_image(path)
+            except ValueError as e:
+                raise UsageError(f"{flag} {e}") from None
+    return frames, images
 
 
 def _generate(args):
+    import torch
+    from tqdm import tqdm
+
+    from framepack_native.video import write_mp4
+
+    frames, images = _check_args(args)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype or (
+        "fp32" if args.demo or args.device == "cpu" else "bf16")]
     if args.demo:
-        print("framepack-native generate --demo: the demo pipeline (a tiny FramePack with random weights, "
-              "a bundled image and prompt) comes with the pipeline, which is not built yet; nothing written.")
-        return 0
-    print("error: generation needs the FramePack pipeline, which is not built yet", file=sys.stderr)
-    return 2
+        from framepack_native.demo import DEMO_PROMPT, demo_image, demo_pipeline
+        print("framepack-native demo: a tiny FramePack with RANDOM weights (no download); the video shows the "
+              "pipeline running end to end, not a meaningful result.", file=sys.stderr)
+        pipe = demo_pipeline(seed=args.seed, device=args.device)
+        image = images.get("--image", demo_image())
+        prompt = DEMO_PROMPT if args.prompt is None else args.prompt
+    else:
+        from framepack_native import FramePackPipeline
+        pipe = FramePackPipeline.from_pretrained(args.model, dtype=dtype, device=args.device, offload=args.offload)
+        image, prompt = images["--image"], args.prompt
+
+    bar = tqdm(desc="sampling", unit="step", file=sys.stderr)
+
+    def progress(event):
+        if event["kind"] == "step":
+            bar.set_postfix(section=event["section"] + 1)
+            bar.update(1)
+
+    generator = torch.Generator().manual_seed(args.seed)
+    video = pipe(image, prompt, last_image=images.get("--last-image"), negative_prompt=args.negative_prompt,
+                 height=args.height, width=args.width, num_frames=frames, latent_window_size=args.window,
+                 num_inference_steps=args.steps, guidance_scale=args.guidance, true_cfg_scale=args.cfg,
+                 generator=generator, sampling_type=args.sampling, sampler=args.sampler, callback=progress)
+    bar.close()
+    path = write_mp4(args.out, video[0], fps=FPS, crf=args.crf)
+    print(f"wrote {path} ({video.shape[1]} frames, {args.width}x{args.height}, {FPS} fps)")
+    return 0
+
+
+def _generate_parser(gen):
+    gen.add_argument("--demo", action="store_true", help="built-in tiny model with random weights, no download")
+    gen.add_argument("--model", help="a folder written by `python -m weights_convert`")
+    gen.add_argument("--image", help="the first frame (PNG, JPEG, ...)")
+    gen.add_argument("--prompt", help="what happens in the video")
+    gen.add_argument("--last-image", help="the last frame (inverted anti-drifting sampling only)")
+    gen.add_argument("--negative-prompt", help="with --cfg > 1: what to steer away from")
+    length = gen.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=float, default=None, help=f"video length at {FPS} fps (default 5)")
+    length.add_argument("--num-frames", type=int, default=None, help="video length in frames")
+    gen.add_argument("--height", type=int, default=None, help="multiple of 16 (default 640; demo 64)")
+    gen.add_argument("--width", type=int, default=None, help="multiple of 16 (default 640; demo 96)")
+    gen.add_argument("--steps", type=int, default=None, help="sampling steps per section (default 25; demo 8)")
+    gen.add_argument("--guidance", type=float, default=10.0, help="distilled guidance scale")
+    gen.add_argument("--cfg", type=float, default=1.0, help="true classifier-free guidance scale (needs a negative)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--sampling", default=None, help="inverted_anti_drifting | vanilla (default: the model's)")
+    gen.add_argument("--sampler", default="unipc", help="unipc | euler")
+    gen.add_argument("--window", type=int, default=9, help="latent frames per section")
+    gen.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    gen.add_argument("--dtype", choices=DTYPES, default=None, help="default bf16 on GPU, fp32 on CPU")
+    gen.add_argument("--offload", action="store_true", help="keep weights on the CPU between uses (24 GB GPUs)")
+    gen.add_argument("--crf", type=int, default=16, help="H.264 quality (lower is better)")
+    gen.add_argument("--out", required=True, help="output .mp4 path")
+    gen.set_defaults(func=_generate)
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="framepack-native", description="FramePack image-to-video in PyTorch")
-    sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="image + prompt -> mp4")
-    gen.add_argument("--demo", action="store_true", help="run the built-in demo (random weights, no download)")
-    gen.add_argument("--out", default="out.mp4", help="output video path")
-    gen.set_defaults(func=_generate)
+    parser = Parser(prog="framepack-native", description="FramePack image-to-video in PyTorch")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _generate_parser(sub.add_parser("generate", help="image + prompt -> mp4"))
     from weights_convert.__main__ import build_parser as convert_parser, run as convert_run
-    conv = convert_parser(sub.add_parser("convert", help="convert reference checkpoints (python -m weights_convert)"))
+    conv = convert_parser(sub.add_parser("convert", help="convert checkpoints (as python -m weights_convert)"))
     conv.set_defaults(func=convert_run)
     return parser
 
 
+def _defaults(args):
+    if args.command != "generate":
+        return args
+    demo = args.demo
+    args.height = args.height if args.height is not None else (64 if demo else 640)
+    args.width = args.width if args.width is not None else (96 if demo else 640)
+    args.steps = args.steps if args.steps is not None else (8 if demo else 25)
+    if args.num_frames is None and args.seconds is None:
+        args.num_frames = 33 if demo else None
+        args.seconds = 5.0
+    if args.device is None:
+        import torch
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    from framepack_native.weights import CheckpointError
+    from weights_convert.core import ConversionError
+    try:
+        args = _defaults(build_parser().parse_args(argv))
+        return args.func(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (CheckpointError, ConversionError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; no video written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
