@@ -171,6 +171,8 @@ def checkpoint_files(path):
         for shard in shards:
             if Path(shard).name != shard:
                 raise CheckpointError(f"{indexes[0]}: shard name {shard!r} points outside the folder")
+            if Path(shard).suffix in PICKLE_SUFFIXES:
+                _refuse_pickle(path / shard)
             if not (path / shard).is_file():
                 raise CheckpointError(f"{indexes[0]}: shard {shard} is missing from {path}")
         return [path / s for s in shards]

@@ -3,17 +3,27 @@ import argparse
 import sys
 
 from framepack_native.weights import CheckpointError
-from weights_convert.folders import DTYPES, convert, verify
+from weights_convert.folders import DTYPES, SAMPLING_TYPES, convert, verify
 from weights_convert.core import ConversionError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr, exit code 2 (argparse prints the usage block too)."""
+
+    def error(self, message):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser(parser=None):
-    parser = parser or argparse.ArgumentParser(prog="python -m weights_convert", description=__doc__)
+    parser = parser or OneLineParser(prog="python -m weights_convert", description=__doc__)
     parser.add_argument("src", nargs="?", help="a diffusers pipeline root (model_index.json) or a component folder")
     parser.add_argument("dst", nargs="?", help="the native folder to write")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="floating dtype of the output")
     parser.add_argument("--transformer", metavar="DIR", help="a FramePack transformer folder (diffusers layout)")
     parser.add_argument("--image-encoder", metavar="DIR", help="flux_redux_bfl root or its image_encoder/ folder")
+    parser.add_argument("--sampling-type", choices=SAMPLING_TYPES, default=None,
+                        help="the transformer's sampling (default: vanilla when its folder name says F1)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
     parser.add_argument("--verify", metavar="DIR", help="re-check a converted folder and exit")
     return parser
@@ -30,7 +40,8 @@ def run(args):
             print("error: SRC and DST are required (or --verify DIR)", file=sys.stderr)
             return 2
         dst = convert(args.src, args.dst, DTYPES[args.dtype], transformer=args.transformer,
-                      image_encoder=args.image_encoder, overwrite=args.overwrite)
+                      image_encoder=args.image_encoder, overwrite=args.overwrite,
+                      sampling_type=args.sampling_type)
         print(f"wrote {dst}")
         return 0
     except (CheckpointError, ConversionError, OSError) as e:

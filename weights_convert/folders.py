@@ -119,9 +119,25 @@ def _prepare_dst(dst, overwrite):
     return dst
 
 
+SAMPLING_TYPES = ("inverted_anti_drifting", "vanilla")
+
+
+def guess_sampling_type(transformer_dir):
+    """The sampling a FramePack transformer was trained for. The two public checkpoints share one config, so
+    the download's name decides: FramePack_F1_* is vanilla (forward), FramePackI2V_HY inverted anti-drifting."""
+    parts = Path(transformer_dir).resolve().parts
+    return "vanilla" if any("FramePack_F1" in p or "F1_I2V" in p for p in parts) else "inverted_anti_drifting"
+
+
 def convert(src, dst, dtype=torch.float32, *, transformer=None, image_encoder=None, overwrite=False,
-            max_shard_bytes=SHARD_BYTES):
-    """Convert SRC (a pipeline root or one component folder) into native folder DST, atomically."""
+            sampling_type=None, max_shard_bytes=SHARD_BYTES):
+    """Convert SRC (a pipeline root or one component folder) into native folder DST, atomically.
+
+    sampling_type: recorded in the manifest as the pipeline's default; None guesses it from the transformer
+    folder's name (see guess_sampling_type).
+    """
+    if sampling_type is not None and sampling_type not in SAMPLING_TYPES:
+        raise ConversionError(f"unknown sampling type {sampling_type!r}; expected one of {SAMPLING_TYPES}")
     src, dst = Path(src), _prepare_dst(dst, overwrite)
     if not src.is_dir():
         raise ConversionError(f"{src}: no such folder")
@@ -142,6 +158,8 @@ def convert(src, dst, dtype=torch.float32, *, transformer=None, image_encoder=No
             path = "." if single else name
             entry = convert_component(conv, folder, tmp / path, dtype, max_shard_bytes)
             manifest["components"][name] = {"path": path, **entry}
+            if name == "transformer":
+                manifest["sampling_type"] = sampling_type or guess_sampling_type(folder)
         for name, folder in aux:
             manifest["aux"][name] = {"path": name, "files": copy_aux(folder, tmp / name)}
         write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))

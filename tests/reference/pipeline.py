@@ -81,8 +81,9 @@ def build_pipeline(path, seed=0, layout="pipeline"):
     root, transformer_dir, redux = path / "HunyuanVideo", path / "FramePackI2V_HY", path / "flux_redux_bfl"
     for name in ("text_encoder", "text_encoder_2", "vae"):
         parts[name].save_pretrained(root / name, max_shard_size=shard)
-    for name in ("tokenizer", "tokenizer_2"):
-        parts[name].save_pretrained(root / name)
+    # the tokenizer files as the hub has them (vocab.json + merges.txt for CLIP), not as transformers 5 saves them
+    encoders.build_llama_tokenizer(root / "tokenizer")
+    encoders.build_clip_tokenizer(root / "tokenizer_2", *encoders.clip_bpe_vocab())
     parts["scheduler"].save_pretrained(root / "scheduler")
     index = {"_class_name": "HunyuanVideoPipeline", "_diffusers_version": "0.32.0",
              "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "text_encoder": ["transformers", "LlamaModel"],
@@ -91,7 +92,7 @@ def build_pipeline(path, seed=0, layout="pipeline"):
              "vae": ["diffusers", "AutoencoderKLHunyuanVideo"]}
     (root / "model_index.json").write_text(json.dumps(index, indent=2))
     parts["transformer"].save_pretrained(transformer_dir, max_shard_size=shard)
-    parts["image_encoder"].save_pretrained(redux / "image_encoder", max_shard_size=shard)
+    parts["image_encoder"].save_pretrained(redux / "image_encoder", max_shard_size="60KB")
     parts["feature_extractor"].save_pretrained(redux / "feature_extractor")
     return {"src": root, "transformer": transformer_dir, "image_encoder": redux}
 

@@ -1,0 +1,164 @@
+"""python -m weights_convert on a whole download: HunyuanVideo pipeline + FramePack transformer + flux_redux
+image encoder, sharded with index files, as users download them; then hostile inputs, each refused with one
+line, exit code 2, and nothing left at DST."""
+import json
+import shutil
+import struct
+
+import pytest
+import torch
+
+from framepack_native import FramePackPipeline
+from framepack_native.weights import open_checkpoint
+from tests.reference.pipeline import build_pipeline
+from weights_convert.__main__ import main
+from weights_convert.core import apply_step, build_plan
+from weights_convert.registry import converters
+
+
+@pytest.fixture(scope="module")
+def download(reference_store):
+    root = reference_store.get("pipeline_download", lambda p: build_pipeline(p, layout="download"))
+    return {"src": root / "HunyuanVideo", "transformer": root / "FramePackI2V_HY", "image_encoder": root / "flux_redux_bfl"}
+
+
+def cli(download, dst, *extra, transformer=None):
+    return main([str(download["src"]), str(dst), "--transformer", str(transformer or download["transformer"]),
+                 "--image-encoder", str(download["image_encoder"]), *extra])
+
+
+@pytest.fixture(scope="module")
+def converted(download, tmp_path_factory):
+    dst = tmp_path_factory.mktemp("conv") / "native"
+    assert cli(download, dst, "--dtype", "bf16") == 0
+    return dst
+
+
+def test_download_layout_is_sharded(download):
+    for folder in (download["src"] / "text_encoder", download["transformer"], download["image_encoder"] / "image_encoder"):
+        assert list(folder.glob("*.safetensors.index.json")), folder
+        assert len(list(folder.glob("*.safetensors"))) > 1, folder
+
+
+def test_manifest_and_tensors_equal_sources(download, converted):
+    manifest = json.loads((converted / "manifest.json").read_text())
+    assert sorted(manifest["components"]) == ["image_encoder", "text_encoder", "text_encoder_2", "transformer", "vae"]
+    assert sorted(manifest["aux"]) == ["feature_extractor", "scheduler", "tokenizer", "tokenizer_2"]
+    assert manifest["sampling_type"] == "inverted_anti_drifting"
+    sources = {"transformer": download["transformer"], "image_encoder": download["image_encoder"] / "image_encoder",
+               **{n: download["src"] / n for n in ("text_encoder", "text_encoder_2", "vae")}}
+    by_component = {c.component: c for c in converters()}
+    checked = 0
+    for name, src in sources.items():
+        conv = by_component[name]
+        native_cfg = json.loads((converted / name / "config.json").read_text())["config"]
+        src_ckpt, ours = open_checkpoint(src), open_checkpoint(converted / name)
+        steps = build_plan(conv.rules(native_cfg), {k: src_ckpt.shape(k) for k in src_ckpt.keys()})
+        assert sorted(s.dst for s in steps) == sorted(ours.keys())
+        for step in steps:
+            want = apply_step(step, [src_ckpt.get(k) for k in step.srcs])
+            got = ours.get(step.dst)
+            assert got.dtype == (torch.bfloat16 if want.is_floating_point() else want.dtype), step.dst
+            assert torch.equal(got, want.to(got.dtype)), step.dst
+            checked += 1
+    assert checked > 100
+
+
+def test_converted_download_generates(converted, capsys):
+    assert main(["--verify", str(converted)]) == 0
+    pipe = FramePackPipeline.from_pretrained(converted, dtype=torch.float32, device="cpu")
+    assert pipe.sampling_type == "inverted_anti_drifting"
+    video = pipe(torch.rand(3, 40, 56), "a lighthouse", height=32, width=48, num_frames=5, latent_window_size=2,
+                 num_inference_steps=2, sampler="unipc", generator=torch.Generator().manual_seed(0))
+    assert video.shape == (1, 9, 3, 32, 48) and torch.isfinite(video).all()
+
+
+def test_f1_download_defaults_to_vanilla(download, tmp_path):
+    f1 = tmp_path / "FramePack_F1_I2V_HY_20250503"
+    shutil.copytree(download["transformer"], f1)
+    assert main([str(f1), str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["sampling_type"] == "vanilla"
+    assert main([str(f1), str(tmp_path / "out2"), "--sampling-type", "inverted_anti_drifting"]) == 0
+    assert json.loads((tmp_path / "out2" / "manifest.json").read_text())["sampling_type"] == "inverted_anti_drifting"
+
+
+def _first_shard(folder):
+    return sorted(folder.glob("*.safetensors"))[0]
+
+
+def _rewrite_header(path, edit, length=None):
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    edit(header)
+    new = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", length if length is not None else len(new)) + new + raw[8 + n:])
+
+
+def _first_tensor(header):
+    return next(k for k in header if k != "__metadata__")
+
+
+def hostile(case, transformer):
+    shard = _first_shard(transformer)
+    if case == "offsets_past_end":
+        def edit(h):
+            h[_first_tensor(h)]["data_offsets"][1] += 10**9
+        _rewrite_header(shard, edit)
+        return "past the data section"
+    if case == "overlapping_ranges":
+        def edit(h):
+            names = sorted((k for k in h if k != "__metadata__"), key=lambda k: h[k]["data_offsets"][0])
+            a, b = names[0], names[1]
+            h[b]["data_offsets"] = list(h[a]["data_offsets"])
+            h[b]["shape"], h[b]["dtype"] = h[a]["shape"], h[a]["dtype"]
+        _rewrite_header(shard, edit)
+        return "overlap"
+    if case == "huge_header_length":
+        _rewrite_header(shard, lambda h: None, length=2**63)
+        return "larger than the"
+    if case == "pickle_shard":
+        index = next(transformer.glob("*.index.json"))
+        doc = json.loads(index.read_text())
+        first = sorted(set(doc["weight_map"].values()))[0]
+        doc["weight_map"] = {k: ("pytorch_model-00001.bin" if v == first else v) for k, v in doc["weight_map"].items()}
+        index.write_text(json.dumps(doc))
+        (transformer / "pytorch_model-00001.bin").write_bytes(b"\x80\x04\x95 not unpickled")
+        return "never loaded"
+    if case == "unknown_architecture":
+        cfg = json.loads((transformer / "config.json").read_text())
+        cfg["_class_name"] = "SomeOtherVideoTransformer"
+        (transformer / "config.json").write_text(json.dumps(cfg))
+        return "unknown architecture SomeOtherVideoTransformer"
+    if case == "config_weight_mismatch":
+        cfg = json.loads((transformer / "config.json").read_text())
+        cfg["num_single_layers"] += 1
+        (transformer / "config.json").write_text(json.dumps(cfg))
+        return "missing"
+    if case == "truncated_shard":
+        shard.write_bytes(shard.read_bytes()[:-100])
+        return "truncated"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["offsets_past_end", "overlapping_ranges", "huge_header_length", "pickle_shard",
+                                  "unknown_architecture", "config_weight_mismatch", "truncated_shard"])
+def test_hostile_input_refused(download, tmp_path, case, capsys):
+    transformer = tmp_path / "FramePackI2V_HY"
+    shutil.copytree(download["transformer"], transformer)
+    message = hostile(case, transformer)
+    dst = tmp_path / "out" / "native"
+    assert cli(download, dst, transformer=transformer) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_existing_destination_refused(download, tmp_path, capsys):
+    dst = tmp_path / "native"
+    dst.mkdir()
+    (dst / "precious.txt").write_text("keep")
+    assert cli(download, dst) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert [p.name for p in dst.iterdir()] == ["precious.txt"]
