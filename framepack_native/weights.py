@@ -5,6 +5,7 @@ length, a JSON header, then raw little-endian data); each tensor is read through
 map window, cast and moved, and the window closed, so peak host memory stays near one tensor.
 Pickle checkpoints are refused, never unpickled.
 """
+import contextlib
 import json
 import math
 import mmap
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+READ_CHUNK = 16 * 1024 * 1024
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -124,27 +126,47 @@ class Checkpoint:
         _, _, _, start, end = self._index[name]
         return end - start
 
-    def get(self, name, dtype=None, device="cpu"):
-        """Read one tensor through a memory map window, cast to dtype and put on device (one copy)."""
-        path, src_dtype, shape, start, end = self._index[name]
-        dtype = dtype or src_dtype
-        if end == start:
-            return torch.empty(shape, dtype=dtype, device=device)
-        page = mmap.ALLOCATIONGRANULARITY
-        base = start - start % page
+    @contextlib.contextmanager
+    def _window(self, path, start, end):
+        """Bytes [start, end) of a file as a read-only uint8 tensor over its own memory map, valid in the block."""
+        base = start - start % mmap.ALLOCATIONGRANULARITY
         with open(path, "rb") as f:
             mm = mmap.mmap(f.fileno(), end - base, offset=base, access=mmap.ACCESS_READ)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # read-only buffer: we only ever copy out of it
                 raw = torch.frombuffer(mm, dtype=torch.uint8, count=end - start, offset=start - base)
-            if (start - base) % _itemsize(src_dtype):
-                raw = raw.clone()  # misaligned for a typed view
-            src = raw.view(src_dtype).view(shape)
-            out = src.to(device=device, dtype=dtype, copy=True)
-            del raw, src
+            yield raw
+            del raw
         finally:
             mm.close()
+
+    def get(self, name, dtype=None, device="cpu"):
+        """Read one tensor, cast to dtype, on device: one allocation, filled chunk by chunk from the file."""
+        out = torch.empty(self.shape(name), dtype=dtype or self.dtype(name), device=device)
+        return self.read_into(name, out)
+
+    def read_into(self, name, out):
+        """Copy one stored tensor into `out` (same shape; any dtype, device or strides).
+
+        The file is mapped READ_CHUNK bytes of rows at a time and unmapped after each copy, so host memory
+        holds the destination plus one chunk, never a second whole tensor.
+        """
+        path, src_dtype, shape, start, end = self._index[name]
+        if tuple(out.shape) != shape:
+            raise ValueError(f"{name}: stored shape {shape}, destination {tuple(out.shape)}")
+        if out.numel() == 0:
+            return out
+        rows = shape[0] if shape else 1
+        row_bytes = (end - start) // rows
+        step = max(1, READ_CHUNK // row_bytes)
+        flat = out.view(1) if not shape else out
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            with self._window(path, start + r0 * row_bytes, start + r1 * row_bytes) as raw:
+                if raw.data_ptr() % _itemsize(src_dtype):
+                    raw = raw.clone()  # misaligned for a typed view
+                flat[r0:r1].copy_(raw.view(src_dtype).view(r1 - r0, *shape[1:]))
         return out
 
 

@@ -236,3 +236,15 @@ def test_failed_write_leaves_nothing(tmp_path):
         write_safetensors(tmp_path / "out.safetensors", [("a", (2,), torch.float32), ("b", (2,), torch.float32)],
                           fetch)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_read_into_casts_in_place_and_checks_shape(tmp_path):
+    state = random_state(4)
+    save_safetensors(tmp_path / "m.safetensors", state)
+    ckpt = open_checkpoint(tmp_path / "m.safetensors")
+    out = torch.full((10, 5), float("nan"), dtype=torch.bfloat16)
+    ckpt.read_into("a.weight", out[2:9])
+    assert torch.equal(out[2:9], state["a.weight"].to(torch.bfloat16))
+    assert out[:2].isnan().all() and out[9:].isnan().all()
+    with pytest.raises(ValueError, match=r"stored shape \(7, 5\)"):
+        ckpt.read_into("a.weight", out)

@@ -39,12 +39,14 @@ def build_components(seed=0):
     from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler,
                            HunyuanVideoFramepackTransformer3DModel)
     from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTokenizer, LlamaConfig, LlamaModel,
-                              LlamaTokenizerFast, SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel)
+                              PreTrainedTokenizerFast, SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel)
 
     torch.manual_seed(seed)
     tmp = Path(tempfile.mkdtemp(prefix="fp_tok_"))
     try:
-        tokenizer = LlamaTokenizerFast.from_pretrained(encoders.build_llama_tokenizer(tmp / "tokenizer"))
+        # not LlamaTokenizerFast: in transformers 5.24 it swaps Llama-3's byte-level pre-tokenizer for
+        # SentencePiece's (huggingface/transformers#45488) and would tokenize both sides wrongly
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(encoders.build_llama_tokenizer(tmp / "tokenizer"))
         vocab, merges = encoders.clip_bpe_vocab()
         tokenizer_2 = CLIPTokenizer.from_pretrained(encoders.build_clip_tokenizer(tmp / "tokenizer_2", vocab, merges))
     finally:
@@ -98,6 +100,9 @@ def build_pipeline(path, seed=0, layout="pipeline"):
 
 
 def load_pipeline(path):
-    """The saved diffusers pipeline in float32 (layout "pipeline")."""
+    """The saved diffusers pipeline in float32 (layout "pipeline"), its Llama tokenizer loaded as
+    PreTrainedTokenizerFast (see build_components)."""
     from diffusers import HunyuanVideoFramepackPipeline
-    return HunyuanVideoFramepackPipeline.from_pretrained(path, torch_dtype=torch.float32)
+    from transformers import PreTrainedTokenizerFast
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(Path(path) / "tokenizer")
+    return HunyuanVideoFramepackPipeline.from_pretrained(path, tokenizer=tokenizer, torch_dtype=torch.float32)

@@ -1,0 +1,78 @@
+"""Peak host memory and throughput of `python -m weights_convert` on a sharded real-width FramePack transformer.
+
+    python benchmarks/convert.py [--dual 2 --single 4] [--dir /tmp/fp_convert_bench]
+
+The source is diffusers' HunyuanVideoFramepackTransformer3DModel layout at the real widths (24 heads x 128,
+text 4096, ...) with fewer blocks, float32, sharded at 1 GB with its index, written tensor by tensor with
+random values (never whole in memory). The conversion runs as a subprocess; its peak RSS is ru_maxrss.
+Bound (issue 8): peak RSS < 2 x the largest tensor + 300 MB.
+"""
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from framepack_native.weights import open_checkpoint, save_sharded
+
+
+def make_source(folder, dual, single):
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+    config = dict(num_layers=dual, num_single_layers=single, has_image_proj=True, has_clean_x_embedder=True,
+                  image_proj_dim=1152)
+    with torch.device("meta"):
+        model = HunyuanVideoFramepackTransformer3DModel(**config)
+    specs = [(k, tuple(v.shape), torch.float32) for k, v in model.state_dict().items()]
+    g = torch.Generator().manual_seed(0)
+    shapes = {k: s for k, s, _ in specs}
+    folder.mkdir(parents=True, exist_ok=True)
+    save_sharded(folder, specs, lambda k: torch.randn(shapes[k], generator=g) * 0.02, max_shard_bytes=1024**3,
+                 prefix="diffusion_pytorch_model")
+    cfg = {"_class_name": "HunyuanVideoFramepackTransformer3DModel", **{k: v for k, v in model.config.items()
+                                                                        if not k.startswith("_")}}
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dual", type=int, default=2)
+    parser.add_argument("--single", type=int, default=4)
+    parser.add_argument("--dir", default="/tmp/fp_convert_bench")
+    args = parser.parse_args()
+    root = Path(args.dir)
+    src = root / f"src_{args.dual}_{args.single}"
+    if not (src / "config.json").is_file():
+        make_source(src, args.dual, args.single)
+    ckpt = open_checkpoint(src)
+    total = sum(ckpt.nbytes(k) for k in ckpt.keys())
+    largest_name = max(ckpt.keys(), key=ckpt.nbytes)
+    largest = ckpt.nbytes(largest_name)
+    dst = root / "dst"
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "weights_convert", str(src), str(dst), "--dtype", "bf16",
+                           "--overwrite"], capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        sys.exit(proc.stderr)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    out = open_checkpoint(dst)
+    out_largest = max(out.nbytes(k) for k in out.keys())
+    bound = 2 * largest + 300 * 1024**2
+    mib = 1024**2
+    print(f"torch {torch.__version__}, CPU; source {total / 1024**3:.2f} GiB fp32 in {len(ckpt.files)} shards, "
+          f"{len(ckpt)} tensors; largest source tensor {largest_name} {largest / mib:.0f} MiB; "
+          f"largest native (bf16) tensor {out_largest / mib:.0f} MiB")
+    print(f"convert fp32 -> bf16: {seconds:.1f} s, {total / 1024**3 / seconds:.2f} GiB/s read, "
+          f"peak RSS {peak / mib:.0f} MiB, bound 2 x {largest / mib:.0f} + 300 = {bound / mib:.0f} MiB: "
+          f"{'PASS' if peak < bound else 'FAIL'}")
+    print(f"the converted model is {math.ceil(total / 2 / out_largest)} x its largest tensor; peak RSS includes the "
+          f"converter process's interpreter, torch and the model code")
+
+
+if __name__ == "__main__":
+    main()
