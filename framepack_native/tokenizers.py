@@ -31,18 +31,18 @@ def _read_json(path):
 def _token(value):
     """An AddedToken from a config entry: a string or transformers' serialized {"content": ...} dict."""
     if isinstance(value, dict):
-        flags = {k: value[k] for k in ("single_word", "lstrip", "rstrip") if k in value}
-        return AddedToken(value["content"], special=True, normalized=False, **flags)
+        flags = {k: value[k] for k in ("single_word", "lstrip", "rstrip", "normalized") if k in value}
+        return AddedToken(value["content"], special=True, **{"normalized": False, **flags})
     return AddedToken(str(value), special=True, normalized=False)
 
 
 def read_special_tokens(folder):
     """{key: AddedToken} from special_tokens_map.json, overridden by tokenizer_config.json; plus the config."""
     folder = Path(folder)
-    config = _read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
+    config_path, map_path = folder / "tokenizer_config.json", folder / "special_tokens_map.json"
+    config = _read_json(config_path) if config_path.is_file() else {}
     special = {}
-    for source in (folder / "special_tokens_map.json", None):
-        doc = (_read_json(source) if source.is_file() else {}) if source else config
+    for doc in (_read_json(map_path) if map_path.is_file() else {}, config):
         special.update({k: _token(doc[k]) for k in SPECIAL_KEYS if doc.get(k)})
     return special, config
 
@@ -53,18 +53,23 @@ def _add_missing(tokenizer, tokens):
         tokenizer.add_special_tokens([tok])
 
 
+def _texts(texts):
+    """A list of strings from one string or a list of them."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"texts must be strings, got {[type(t).__name__ for t in texts]}")
+    return texts
+
+
 def _batch(tokenizer, texts, max_length, pad_id, pad_token, padding_side, truncation_side):
     """Encode with truncation to max_length (special tokens kept) and padding to max_length.
 
     Returns input_ids (B, max_length) int64 and attention_mask (B, max_length) int64, 1 = token.
     """
-    if isinstance(texts, str):
-        texts = [texts]
+    texts = _texts(texts)
     if not isinstance(max_length, int) or max_length < tokenizer.num_special_tokens_to_add(False) + 1:
         raise ValueError(f"max_length must be an int of at least "
                          f"{tokenizer.num_special_tokens_to_add(False) + 1}, got {max_length!r}")
-    if not all(isinstance(t, str) for t in texts):
-        raise ValueError("texts must be strings")
     tokenizer.enable_truncation(max_length, stride=0, strategy="longest_first", direction=truncation_side)
     tokenizer.enable_padding(direction=padding_side, pad_id=pad_id, pad_type_id=0, pad_token=pad_token,
                              length=max_length)
@@ -81,10 +86,12 @@ class LlamaTokenizer:
         if "pad_token" not in special:
             raise ValueError("the Llama tokenizer has no pad_token (tokenizer_config.json / special_tokens_map.json);"
                              " padding to max_length needs one")
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer   # a tokenizers.Tokenizer or a SentencePieceBackend
         self.special = {k: t.content for k, t in special.items()}
         self.pad_token = self.special["pad_token"]
         self.pad_token_id = tokenizer.token_to_id(self.pad_token)
+        if self.pad_token_id is None:
+            raise ValueError(f"pad_token {self.pad_token!r} is not in the vocabulary")
         self.padding_side, self.truncation_side = padding_side, truncation_side
         self.model_max_length = model_max_length
 
@@ -93,13 +100,23 @@ class LlamaTokenizer:
         """Load from a pipeline's tokenizer/ folder: tokenizer.json, else tokenizer.model."""
         folder = Path(folder)
         special, config = read_special_tokens(folder)
+        sides = config.get("padding_side", "right"), config.get("truncation_side", "right")
+        add_bos, add_eos = config.get("add_bos_token"), config.get("add_eos_token")
         if (folder / "tokenizer.json").is_file():
             try:
                 tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
             except Exception as e:  # the Rust loader raises its own exception type
                 raise ValueError(f"{folder / 'tokenizer.json'}: not a valid tokenizers file ({e})") from None
+            # tokenizer.json's post-processor decides BOS/EOS: transformers 5 drops the config flags then.
+            add_bos = add_eos = None
         elif (folder / "tokenizer.model").is_file():
-            tokenizer = tokenizer_from_model_file(folder / "tokenizer.model", special)
+            raw = (folder / "tokenizer.model").read_bytes()
+            first = raw.split(b"\n", 1)[0].split(b" ")
+            if not (len(first) == 2 and first[1].isdigit()):
+                backend = SentencePieceBackend(folder / "tokenizer.model", add_bos=add_bos is not False,
+                                               add_eos=bool(add_eos))
+                return cls(backend, special, *sides, config.get("model_max_length"))
+            tokenizer = _from_tiktoken(raw, folder / "tokenizer.model")
         else:
             raise ValueError(f"{folder}: no tokenizer.json or tokenizer.model")
         for entry_id, entry in sorted((config.get("added_tokens_decoder") or {}).items(), key=lambda x: int(x[0])):
@@ -110,53 +127,42 @@ class LlamaTokenizer:
                                      f"have id {entry_id}, the vocabulary gives it "
                                      f"{tokenizer.token_to_id(entry['content'])}")
         _add_missing(tokenizer, special.values())
-        # tokenizer.json's post-processor is the truth; the config's add_bos/eos_token only count without one
-        # (transformers 5 drops those flags whenever a tokenizer.json exists).
-        has_json = (folder / "tokenizer.json").is_file()
-        flags = not has_json and ("add_bos_token" in config or "add_eos_token" in config)
-        if flags or tokenizer.post_processor is None:
-            tokenizer.post_processor = _bos_eos_template(tokenizer, special, config.get("add_bos_token", False),
-                                                         config.get("add_eos_token", False))
-        return cls(tokenizer, special, config.get("padding_side", "right"), config.get("truncation_side", "right"),
-                   config.get("model_max_length"))
+        if add_bos is not None or add_eos is not None or tokenizer.post_processor is None:
+            tokenizer.post_processor = _bos_eos_template(tokenizer, special, bool(add_bos), bool(add_eos))
+        return cls(tokenizer, special, *sides, config.get("model_max_length"))
 
     def __call__(self, texts, max_length):
         """texts: str or list of B str -> input_ids (B, max_length) int64, attention_mask (B, max_length) int64."""
+        if isinstance(self.tokenizer, SentencePieceBackend):
+            return self.tokenizer.batch(_texts(texts), max_length, self.pad_token_id, self.padding_side,
+                                        self.truncation_side)
         return _batch(self.tokenizer, texts, max_length, self.pad_token_id, self.pad_token, self.padding_side,
                       self.truncation_side)
 
     def encode(self, text):
         """Token ids of one text with the special tokens the post-processor adds, no padding or truncation."""
+        if isinstance(self.tokenizer, SentencePieceBackend):
+            return self.tokenizer.encode(text)
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         return self.tokenizer.encode(text).ids
 
 
 def _bos_eos_template(tokenizer, special, add_bos, add_eos):
-    """The post-processor transformers builds from add_bos_token / add_eos_token."""
-    single, pair, tokens = "$A:0", "$B:1", []
+    """The post-processor transformers builds from add_bos_token / add_eos_token: [bos] $A [eos] ([bos] $B [eos])."""
+    ends = []
     for flag, key in ((add_bos, "bos_token"), (add_eos, "eos_token")):
-        if flag:
-            if key not in special:
-                raise ValueError(f"add_{key} is set but the tokenizer config has no {key}")
-            tokens.append((special[key].content, tokenizer.token_to_id(special[key].content)))
-    if add_bos:
-        single, pair = f"{tokens[0][0]}:0 {single}", f"{tokens[0][0]}:0 $A:0 {tokens[0][0]}:1 {pair}"
-    else:
-        pair = f"$A:0 {pair}"
-    if add_eos:
-        eos = tokens[-1][0]
-        single, pair = f"{single} {eos}:0", pair.replace(" $B:1", f" {eos}:0 $B:1") + f" {eos}:1"
-    return processors.TemplateProcessing(single=single, pair=pair, special_tokens=list(dict(tokens).items()))
+        if flag and key not in special:
+            raise ValueError(f"add_{key} is set but the tokenizer config has no {key}")
+        ends.append(special[key].content if flag else None)
+    bos, eos = ends
 
+    def seq(name, type_id):
+        return [f"{t}:{type_id}" for t in (bos, f"${name}", eos) if t]
 
-def tokenizer_from_model_file(path, special):
-    """A `tokenizers` Tokenizer from a tokenizer.model: Llama-3 tiktoken ranks, else a SentencePiece model."""
-    raw = Path(path).read_bytes()
-    first = raw.split(b"\n", 1)[0].split(b" ")
-    if len(first) == 2 and first[1].isdigit():
-        return _from_tiktoken(raw, path)
-    return _from_sentencepiece(path, special)
+    tokens = [(t, tokenizer.token_to_id(t)) for t in dict.fromkeys(e for e in ends if e)]
+    return processors.TemplateProcessing(single=" ".join(seq("A", 0)), pair=" ".join(seq("A", 0) + seq("B", 1)),
+                                         special_tokens=tokens)
 
 
 def _bytes_to_unicode():
@@ -216,40 +222,44 @@ def _from_tiktoken(raw, path):
     return tokenizer
 
 
-def _from_sentencepiece(path, special):
-    """A SentencePiece BPE model (Llama-1/2 style tokenizer.model) as a `tokenizers` Tokenizer."""
-    import sentencepiece
-    from sentencepiece import sentencepiece_model_pb2
+class SentencePieceBackend:
+    """A SentencePiece tokenizer.model (Llama-1/2 style), run by the sentencepiece library itself.
 
-    proto = sentencepiece_model_pb2.ModelProto()
-    try:
-        proto.ParseFromString(Path(path).read_bytes())
-    except Exception as e:  # protobuf's DecodeError
-        raise ValueError(f"{path}: neither tiktoken ranks nor a SentencePiece model ({e})") from None
-    if proto.trainer_spec.model_type != sentencepiece_model_pb2.TrainerSpec.BPE:
-        raise ValueError(f"{path}: only SentencePiece BPE models are supported")
-    sp = sentencepiece.SentencePieceProcessor(model_proto=proto.SerializeToString())
-    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
-    merges = []  # every split of a piece into two pieces, in piece-id order (transformers' generate_merges)
-    for piece, i in vocab.items():
-        splits = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
-        merges += [(i, len(a), len(b), vocab[a], vocab[b], a, b) for a, b in splits]
-    merges = [(a, b) for *_, a, b in sorted(merges)]
-    unk = sp.id_to_piece(sp.unk_id()) if sp.unk_id() >= 0 else None
-    tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True,
-                              byte_fallback=proto.trainer_spec.byte_fallback))
-    tokenizer.normalizer = None
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
-    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                           decoders.Strip(content=" ", left=1)])
-    controls = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.is_control(i) or sp.is_unknown(i)]
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in controls])
-    bos = sp.id_to_piece(sp.bos_id()) if sp.bos_id() >= 0 else None
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{bos}:0 $A:0" if bos else "$A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1" if bos else "$A:0 $B:1",
-        special_tokens=[(bos, sp.bos_id())] if bos else [])
-    special.setdefault("bos_token", _token(bos)) if bos else None
-    return tokenizer
+    Special-token strings inside the text are not split out (sentencepiece reads them as plain text);
+    the BOS / EOS ids come from the model and the add_bos_token (default true) / add_eos_token flags.
+    """
+
+    def __init__(self, path, add_bos=True, add_eos=False):
+        import sentencepiece
+        try:
+            self.sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        except (RuntimeError, OSError) as e:
+            raise ValueError(f"{path}: neither Llama-3 tiktoken ranks nor a SentencePiece model ({e})") from None
+        self.prefix = [self.sp.bos_id()] if add_bos and self.sp.bos_id() >= 0 else []
+        self.suffix = [self.sp.eos_id()] if add_eos and self.sp.eos_id() >= 0 else []
+
+    def token_to_id(self, token):
+        i = self.sp.piece_to_id(token)
+        return None if i == self.sp.unk_id() and token != self.sp.id_to_piece(i) else i
+
+    def encode(self, text):
+        return self.prefix + self.sp.encode(text) + self.suffix
+
+    def batch(self, texts, max_length, pad_id, padding_side, truncation_side):
+        """As _batch: (B, max_length) ids and mask, content truncated so that BOS/EOS survive."""
+        keep = max_length - len(self.prefix) - len(self.suffix)
+        if keep < 1:
+            raise ValueError(f"max_length {max_length} leaves no room for text")
+        rows, masks = [], []
+        for text in texts:
+            ids = self.sp.encode(text)
+            ids = ids[:keep] if truncation_side == "right" else ids[len(ids) - min(keep, len(ids)):]
+            ids = self.prefix + ids + self.suffix
+            pad = [pad_id] * (max_length - len(ids))
+            mask = [1] * len(ids)
+            rows.append(ids + pad if padding_side == "right" else pad + ids)
+            masks.append(mask + [0] * len(pad) if padding_side == "right" else [0] * len(pad) + mask)
+        return torch.tensor(rows, dtype=torch.long), torch.tensor(masks, dtype=torch.long)
 
 
 class CLIPTokenizer:

@@ -58,6 +58,12 @@ def convert_component(converter, src, dst, dtype, max_shard_bytes=SHARD_BYTES):
 
     def fetch(name):
         step = by_dst[name]
+        if step.op in ("cat0", "cat1"):  # fused: each source copied straight into its slice, no temporaries
+            dim = int(step.op[-1])
+            out = torch.empty(planned_shape(step), dtype=out_dtype(step))
+            for part, src in zip(out.split([s[dim] for s in step.src_shapes], dim=dim), step.srcs):
+                ckpt.read_into(src, part)
+            return out
         tensors = [ckpt.get(n, dtype=out_dtype(step)) for n in step.srcs]
         return apply_step(step, tensors).contiguous()
 

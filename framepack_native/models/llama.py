@@ -83,7 +83,7 @@ def rope_half(x, cos, sin):
     Not kernels.apply_rope: that one rotates interleaved pairs (2i, 2i+1), HunyuanVideo's layout.
     """
     xf = x.float()
-    x1, x2 = xf.chunk(2, dim=-1)
+    x1, x2 = xf.chunk(2, dim=-1)  # (B, L, N, Dh/2) each
     rotated = torch.cat((-x2, x1), dim=-1)  # (B, L, N, Dh)
     return (xf * cos[:, None, :] + rotated * sin[:, None, :]).to(x.dtype)
 
@@ -137,7 +137,7 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, kv_mask):
         """x (B, L, D), cos/sin (L, Dh), kv_mask bool (B, L) or None -> (B, L, D)."""
         q, k, v = self.qkv(x).split([self.n_heads * self.head_dim, self.n_kv * self.head_dim,
-                                     self.n_kv * self.head_dim], dim=-1)
+                                     self.n_kv * self.head_dim], dim=-1)  # (B, L, N*Dh), 2 x (B, L, Nkv*Dh)
         q = rearrange(q, "B L (N D) -> B L N D", D=self.head_dim)
         k = rearrange(k, "B L (N D) -> B L N D", D=self.head_dim)
         v = rearrange(v, "B L (N D) -> B L N D", D=self.head_dim)
@@ -154,7 +154,7 @@ class MLP(nn.Module):
         self.down = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x):
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        gate, up = self.gate_up(x).chunk(2, dim=-1)  # (B, L, F) each
         return self.down(F.silu(gate) * up)
 
 

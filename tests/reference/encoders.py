@@ -15,13 +15,13 @@ from tests.reference.common import perturb_
 LLAMA_TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
                   max_position_embeddings=512, rope_theta=10000.0)
-# llava-llama-3-8b widths, 2 layers, a small vocabulary to keep memory down.
-LLAMA_REAL = dict(vocab_size=1000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=2,
+# llava-llama-3-8b widths, 1 layer (the tiny configs cover the un-normed layer outputs), a small vocabulary.
+LLAMA_REAL = dict(vocab_size=1000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=1,
                   num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5,
                   max_position_embeddings=8192, rope_theta=500000.0)
 CLIP_TINY = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                  num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
-                 bos_token_id=298, eos_token_id=299, pad_token_id=1)
+                 bos_token_id=199, eos_token_id=200, pad_token_id=1)
 # ViT-L/14 text tower widths (HunyuanVideo text_encoder_2), 1 layer; legacy eos_token_id 2 as on the hub.
 CLIP_REAL = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=1,
                  num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
@@ -123,7 +123,9 @@ def build_llama_tokenizer(path, bos="post_processor", pad_token="<pad>", padding
         doc["post_processor"] = BOS_TEMPLATE
     (path / "tokenizer.json").write_text(json.dumps(doc))
     special = {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "pad_token": pad_token}
-    config = {**special, "model_max_length": 131072, "padding_side": padding_side,
+    added = {str(t["id"]): {k: t[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")}
+             for t in doc["added_tokens"]}
+    config = {**special, "added_tokens_decoder": added, "model_max_length": 131072, "padding_side": padding_side,
               "clean_up_tokenization_spaces": True, "tokenizer_class": "PreTrainedTokenizerFast",
               "model_input_names": ["input_ids", "attention_mask"]}
     if bos == "config":
@@ -147,23 +149,11 @@ def clip_bpe_vocab():
     gz = Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
     merges = gzip.open(gz).read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in merges[1:49152 - 256 - 2 + 1]]
+    from framepack_native.tokenizers import _bytes_to_unicode
     byte_chars = list(_bytes_to_unicode().values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     return {t: i for i, t in enumerate(vocab)}, merges
-
-
-def _bytes_to_unicode():
-    """GPT-2's reversible byte -> printable unicode character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def build_clip_tokenizer(path, vocab, merges, pad_token="<|endoftext|>"):
@@ -172,8 +162,12 @@ def build_clip_tokenizer(path, vocab, merges, pad_token="<|endoftext|>"):
     path.mkdir(parents=True)
     (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (path / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-               "pad_token": pad_token}
+    def added(content):   # openai/clip-vit-large-patch14 stores these as normalized AddedTokens
+        return {"__type": "AddedToken", "content": content, "lstrip": False, "normalized": True, "rstrip": False,
+                "single_word": False}
+
+    special = {"bos_token": added("<|startoftext|>"), "eos_token": added("<|endoftext|>"),
+               "unk_token": added("<|endoftext|>"), "pad_token": pad_token}
     (path / "tokenizer_config.json").write_text(json.dumps(
         {**special, "model_max_length": 77, "do_lower_case": True, "tokenizer_class": "CLIPTokenizer",
          "clean_up_tokenization_spaces": True}))

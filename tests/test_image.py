@@ -1,0 +1,122 @@
+"""Image preprocessing vs the reference pipeline: diffusers' VideoProcessor.preprocess (VAE input) and
+transformers' SiglipImageProcessor as HunyuanVideoFramepackPipeline.encode_image calls it (SigLIP input).
+
+Without torchvision transformers' SiglipImageProcessor is its PIL processor: that is what the reference
+pipeline runs here and what is compared. Bound: max abs difference < 1e-6 (the same float32 operations).
+"""
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from framepack_native.image import SiglipProcessorConfig, load_image, siglip_pixels, vae_pixels
+
+# lllyasviel/flux_redux_bfl feature_extractor/preprocessor_config.json
+FLUX_REDUX_PROCESSOR = {"do_convert_rgb": None, "do_normalize": True, "do_rescale": True, "do_resize": True,
+                        "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "SiglipImageProcessor",
+                        "image_std": [0.5, 0.5, 0.5], "processor_class": "SiglipProcessor", "resample": 3,
+                        "rescale_factor": 0.00392156862745098, "size": {"height": 384, "width": 384}}
+BOUND = 1e-6
+
+
+def _video_processor():
+    from diffusers.video_processor import VideoProcessor
+    return VideoProcessor(vae_scale_factor=8)
+
+
+def _random_image(h, w, seed, mode="RGB"):
+    g = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": None}[mode]
+    shape = (h, w) if channels is None else (h, w, channels)
+    # Smooth gradients plus noise: resampling filters see both edges and flat areas.
+    base = np.linspace(0, 255, w)[None, :, None] * np.linspace(0.2, 1, h)[:, None, None]
+    noise = g.integers(0, 128, shape if channels else (h, w, 1))
+    pixels = np.clip(base * 0.5 + noise, 0, 255)
+    return PIL.Image.fromarray(pixels.astype(np.uint8).squeeze(-1) if channels is None else pixels.astype(np.uint8),
+                               mode)
+
+
+@pytest.mark.parametrize("size,target,mode", [
+    ((333, 517), (320, 512), "default"),
+    ((101, 77), (96, 128), "default"),
+    ((480, 641), (640, 480), "crop"),
+    ((517, 333), (304, 400), "crop"),
+])
+def test_vae_pixels_pil_matches_diffusers(size, target, mode):
+    image = _random_image(*size, seed=size[0])
+    ref = _video_processor().preprocess(image, target[0], target[1], resize_mode=mode)
+    ours = vae_pixels(image, target[0], target[1], resize_mode=mode)
+    assert ours.shape == ref.shape == (1, 3, *target)
+    assert (ours - ref).abs().max().item() < BOUND
+
+
+def test_vae_pixels_float_inputs_match_diffusers():
+    g = torch.Generator().manual_seed(5)
+    tensor = torch.rand(3, 131, 257, generator=g)
+    ref = _video_processor().preprocess(tensor[None], 128, 256)
+    assert (vae_pixels(tensor, 128, 256) - ref).abs().max().item() < BOUND
+    array = tensor.permute(1, 2, 0).numpy()   # (H, W, 3) float in [0, 1]
+    ref = _video_processor().preprocess(array, 96, 160)
+    assert (vae_pixels(array, 96, 160) - ref).abs().max().item() < BOUND
+
+
+def test_vae_pixels_uint8_and_non_rgb_inputs_become_rgb_pil():
+    """uint8 arrays / tensors and grey or RGBA images go through the PIL path of their RGB conversion."""
+    rgb = _random_image(70, 90, seed=1)
+    ref = _video_processor().preprocess(rgb, 64, 96)
+    array = np.asarray(rgb)
+    assert (vae_pixels(array, 64, 96) - ref).abs().max().item() < BOUND
+    assert (vae_pixels(torch.from_numpy(array).permute(2, 0, 1), 64, 96) - ref).abs().max().item() < BOUND
+    for mode in ("L", "RGBA"):
+        image = _random_image(70, 90, seed=2, mode=mode)
+        ref = _video_processor().preprocess(image.convert("RGB"), 64, 96)
+        assert (vae_pixels(image, 64, 96) - ref).abs().max().item() < BOUND
+
+
+def _reference_siglip(pixels):
+    from transformers import SiglipImageProcessor
+    processor = SiglipImageProcessor(**{k: v for k, v in FLUX_REDUX_PROCESSOR.items()
+                                        if k not in ("image_processor_type", "processor_class")})
+    # The pipeline: (image + 1) / 2, then the processor with do_rescale=False.
+    return processor(images=(pixels + 1) / 2.0, return_tensors="pt", do_rescale=False).pixel_values
+
+
+@pytest.mark.parametrize("size,target", [((333, 517), (320, 512)), ((97, 211), (96, 208))])
+def test_siglip_pixels_match_transformers(tmp_path, size, target):
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(FLUX_REDUX_PROCESSOR))
+    config = SiglipProcessorConfig.from_pretrained(tmp_path)
+    assert config == SiglipProcessorConfig()
+    pixels = torch.cat([vae_pixels(_random_image(*size, seed=s), *target) for s in (3, 4)])  # (2, 3, H, W)
+    ref = _reference_siglip(pixels)
+    ours = siglip_pixels(pixels, config)
+    assert ours.shape == ref.shape == (2, 3, 384, 384)
+    assert (ours - ref).abs().max().item() < BOUND
+
+
+def test_siglip_pixels_other_processor_config():
+    """A non-default config (bilinear, another size and mean/std) follows the file."""
+    from transformers import SiglipImageProcessor
+    fields = dict(size={"height": 224, "width": 256}, resample=2, image_mean=[0.4, 0.5, 0.6],
+                  image_std=[0.2, 0.3, 0.25])
+    config = SiglipProcessorConfig(size=(224, 256), resample=2, image_mean=(0.4, 0.5, 0.6), image_std=(0.2, 0.3, 0.25))
+    pixels = vae_pixels(_random_image(150, 190, seed=9), 144, 192)
+    ref = SiglipImageProcessor(**fields)(images=(pixels + 1) / 2.0, return_tensors="pt", do_rescale=False).pixel_values
+    assert (siglip_pixels(pixels, config) - ref).abs().max().item() < BOUND
+
+
+def test_load_image_from_path_with_exif_and_errors(tmp_path):
+    image = _random_image(40, 60, seed=7)
+    exif = image.getexif()
+    exif[0x0112] = 6   # orientation: rotate 90 degrees clockwise when displayed
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    loaded = load_image(tmp_path / "rotated.jpg")
+    assert loaded.size == (40, 60) and loaded.mode == "RGB"
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="broken.png: cannot read image"):
+        load_image(tmp_path / "broken.png")
+    with pytest.raises(ValueError, match="values in \\[0, 1\\]"):
+        load_image(torch.full((3, 8, 8), 2.0))
+    with pytest.raises(ValueError, match="resize_mode 'crop' needs a PIL image"):
+        vae_pixels(torch.rand(3, 8, 8), 8, 8, resize_mode="crop")
