@@ -15,7 +15,7 @@ from kernels import reference
 
 BACKENDS = ("auto", "torch", "triton")
 ENV_VAR = "FRAMEPACK_KERNELS"
-_modules = {}  # kernels.triton_* modules by name; None when triton does not import
+_modules = {}  # kernels.triton_* modules by name, or the ImportError that stopped them (no triton, old torch)
 
 
 def _check_backend(backend):
@@ -24,12 +24,12 @@ def _check_backend(backend):
 
 
 def _triton_module(name):
-    """kernels.<name>, imported on first use so that the torch path never imports triton; None without triton."""
+    """kernels.<name>, imported on first use so that the torch path never imports triton; or its ImportError."""
     if name not in _modules:
         try:
             _modules[name] = importlib.import_module(f"kernels.{name}")
-        except ImportError:
-            _modules[name] = None
+        except ImportError as err:
+            _modules[name] = err
     return _modules[name]
 
 
@@ -47,10 +47,10 @@ def _use_triton(backend, module_name, tensors, unsupported):
         if env == "torch" or x.device.type != "cuda" or needs_grad:
             return False
         module = _triton_module(module_name)
-        return module is not None and unsupported(module) is None
+        return not isinstance(module, ImportError) and unsupported(module) is None
     module = _triton_module(module_name)
-    if module is None:
-        raise RuntimeError("backend='triton' but triton does not import; install triton or use backend='torch'")
+    if isinstance(module, ImportError):
+        raise RuntimeError(f"backend='triton' but the Triton kernels do not import ({module}); use backend='torch'")
     if x.device.type != "cuda" and not module.INTERPRET:
         raise RuntimeError(
             f"backend='triton' needs CUDA tensors, got {x.device.type} tensors; use backend='torch', "

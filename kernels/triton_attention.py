@@ -4,6 +4,8 @@ Online softmax in base 2 with fp32 accumulators (Dao, "FlashAttention-2", Algori
 (BLOCK_M queries, batch, head); explicit strides, so q/k/v slices of a fused projection need no copy.
 Callers go through kernels.attention, which validates shapes; this module assumes them valid.
 """
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -17,29 +19,34 @@ LOG2E = 1.4426950408889634
 # Block sizes in the interpreter: small, so that short test sequences still span several key blocks and a tail.
 INTERPRET_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 16}
 
-# Hopper (H100/H200, 227 KiB shared memory) favours BLOCK_M=128 with 8 warps (two warpgroups) and 3-4
-# stages; Ampere (A100, 163 KiB) 4 warps and 2-3 stages; the 64x64 entry serves short sequences and
-# sm86/89 (99 KiB). _prune drops what cannot fit the device or is too tall for the query length.
-CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
-]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) -> head dims it suits. Hopper (H100/H200, 227 KiB shared memory)
+# runs two warpgroups over 128 rows; Ampere (A100, 163 KiB) the same or 64 rows. Chosen from ptxas reports for
+# sm_90 and sm_80 (Triton 3.9): these compile without register spills (128x128 tiles spill at Dh = 128, and
+# 4 warps over 128 rows spill there on sm_80); the last entry is the fallback for fp32 and small shared memory.
+TILES = {
+    (128, 64, 8, 3): (64, 128),
+    (128, 64, 8, 4): (128,),
+    (128, 128, 8, 2): (64,),
+    (128, 128, 8, 3): (64,),
+    (128, 64, 4, 3): (64,),
+    (64, 64, 8, 2): (64, 128),
+    (64, 64, 4, 2): (64, 128),
+}
+CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in TILES]
 
 
 def _prune(configs, named_args, **kwargs):
-    """Keep the configs whose K/V pipeline buffers fit the device's shared memory and whose rows fit Lq."""
+    """Keep the configs suited to Dh whose Q tile and K/V pipeline buffers fit the device's shared memory,
+    and only BLOCK_M = 64 when Lq <= 64."""
     args = {**named_args, **kwargs}
     q, head_dim, lq = args["Q"], args["HEAD_DIM"], args["Lq"]
     budget = shared_memory_bytes(q.device)
     kept = []
     for config in configs:
         block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+        suits = TILES.get((block_m, block_n, config.num_warps, config.num_stages), ())
         smem = (block_m + 2 * block_n * config.num_stages) * head_dim * q.element_size()
-        if smem <= budget and (block_m <= 64 or lq > 64):
+        if head_dim in suits and smem <= budget and (block_m <= 64 or lq > 64):
             kept.append(config)
     return kept or [configs[-1]]
 
@@ -166,7 +173,7 @@ _attn_fwd_tuned = triton.autotune(
 
 @triton_op("framepack::attention_fwd", mutates_args=())
 def attention_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_mask: torch.Tensor | None, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_mask: Optional[torch.Tensor], scale: float
 ) -> torch.Tensor:
     """Triton attention: q (B, Lq, N, Dh), k/v (B, Lk, N, Dh), kv_mask bool (B, Lk) or None -> (B, Lq, N, Dh)."""
     B, Lq, N, Dh = q.shape
@@ -186,7 +193,7 @@ def attention_fwd(
     launcher(_attn_fwd_tuned)[grid](
         q, k, v, mask, out,
         *q.stride(), *k.stride(), *v.stride(), *mask_strides, *out.stride(),
-        N, Lq, Lk, scale * LOG2E, triton.next_power_of_2(Lq), triton.next_power_of_2(Lk),
+        N, Lq, Lk, scale * LOG2E, triton.next_power_of_2(int(Lq)), triton.next_power_of_2(int(Lk)),
         HEAD_DIM=Dh, HAS_MASK=has_mask, IEEE=q.dtype == torch.float32,
         UPCAST=INTERPRET and q.dtype == torch.bfloat16, **blocks,
     )

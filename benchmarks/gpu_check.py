@@ -1,0 +1,313 @@
+"""One run on a GPU machine: Triton kernel correctness at FramePack's real shapes, torch.compile tracing, the
+transformer's triton vs torch path, then benchmarks/attention.py and benchmarks/rope.py. Results go to $OUT.
+
+    python benchmarks/gpu_check.py                                  # device machine: $OUT/gpu_check.{json,log}
+    TRITON_INTERPRET=1 python benchmarks/gpu_check.py --smoke       # CPU, Triton's interpreter, toy shapes
+
+Correctness: rel. L2 error against a float32 reference (SDPA's efficient backend / kernels.reference on fp32
+copies), with the issue's tolerances; the error of torch's own low-precision SDPA is printed beside it
+(flash-attention's rule: ours <= 2x that). Every step is fenced, so one failure does not hide the rest, and the
+files are rewritten after each step, so a run cut short still returns what it measured.
+"""
+import argparse
+import functools
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import kernels  # noqa: E402
+from benchmarks import attention as attention_bench  # noqa: E402
+from benchmarks import rope as rope_bench  # noqa: E402
+from kernels import reference  # noqa: E402
+
+TOL = {torch.float32: 2e-3, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+REPORT = {"steps": {}, "log": []}
+
+
+def log(*parts):
+    line = " ".join(str(p) for p in parts)
+    print(line, flush=True)
+    REPORT["log"].append(line)
+
+
+def rel_l2(ours, ref):
+    ours, ref = ours.double(), ref.double()
+    return ((ours - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def save(out_dir):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "gpu_check.json").write_text(json.dumps({k: v for k, v in REPORT.items() if k != "log"}, indent=1))
+    (out_dir / "gpu_check.log").write_text("\n".join(REPORT["log"]) + "\n")
+
+
+def step(name, out_dir):
+    """Decorator: run fn(), store its result (or the traceback) under REPORT['steps'][name], save the files."""
+    def wrap(fn):
+        start = time.perf_counter()
+        log(f"== {name}")
+        try:
+            REPORT["steps"][name] = {"ok": True, "result": fn()}
+        except Exception:  # noqa: BLE001 - a failed step is recorded, the next one still runs
+            log(traceback.format_exc())
+            REPORT["steps"][name] = {"ok": False, "error": traceback.format_exc()[-3000:]}
+        REPORT["steps"][name]["seconds"] = round(time.perf_counter() - start, 1)
+        save(out_dir)
+        return fn
+
+    return wrap
+
+
+def fp32_attention(q, k, v, mask):
+    """The oracle: SDPA on float32 copies (efficient backend on CUDA: no L x L scores at 30k tokens)."""
+    if q.device.type != "cuda":
+        return reference.attention(q.double(), k.double(), v.double(), kv_mask=mask)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
+        return reference.attention(q.float(), k.float(), v.float(), kv_mask=mask)
+
+
+def padding_mask(B, L, text, valid, device):
+    """(B, L) bool: all image tokens visible, then `text` text tokens of which valid[b] are real."""
+    mask = torch.ones(B, L, dtype=torch.bool, device=device)
+    for b, n in enumerate(valid):
+        mask[b, L - text + n:] = False
+    return mask
+
+
+def attention_case(device, B, Lq, Lk, N, Dh, dtype, mask_valid=None, strided=False, seed=0):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    if strided:
+        assert Lq == Lk
+        qkv = torch.randn(B, Lq, 3, N, Dh, generator=gen, device=device, dtype=dtype)
+        q, k, v = qkv.unbind(2)  # (B, L, N, Dh) views of a fused projection
+    else:
+        q = torch.randn(B, Lq, N, Dh, generator=gen, device=device, dtype=dtype)
+        k, v = (torch.randn(B, Lk, N, Dh, generator=gen, device=device, dtype=dtype) for _ in range(2))
+    mask = None if mask_valid is None else padding_mask(B, Lk, min(256, Lk), mask_valid, device)
+    ours = kernels.attention(q, k, v, kv_mask=mask, backend="triton")
+    ref = fp32_attention(q, k, v, mask)
+    lowp = reference.attention(q, k, v, kv_mask=mask)  # torch's SDPA in the input dtype
+    err, err_lowp = rel_l2(ours, ref), rel_l2(lowp, ref)
+    ok = bool(err < TOL[dtype] and not ours.isnan().any())
+    result = dict(B=B, Lq=Lq, Lk=Lk, N=N, Dh=Dh, dtype=str(dtype), mask=mask_valid, strided=strided, err=err,
+                  err_torch_lowp=err_lowp, within_2x_torch=bool(err <= 2 * err_lowp + 1e-6), ok=ok)
+    log(f"  attention B{B} Lq{Lq} Lk{Lk} N{N} Dh{Dh} {dtype} mask={mask_valid} strided={strided}: "
+        f"err {err:.2e} (torch low-precision {err_lowp:.2e}) {'ok' if ok else 'FAIL'}")
+    return result
+
+
+def rope_case(device, B, L, N, Dh, dtype, n_rope, fused=True, seed=0):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    qkv = torch.randn(B, L, 3, N, Dh, generator=gen, device=device, dtype=dtype)
+    x = qkv[:, :, 1]  # (B, L, N, Dh), strided like the transformer's k
+    weight = (1 + 0.3 * torch.randn(Dh, generator=gen, device=device)).to(dtype)
+    n = L if n_rope is None else n_rope
+    angles = torch.rand(n, Dh // 2, generator=gen, device=device).repeat_interleave(2, dim=-1) * 6.3  # (n, Dh)
+    cos, sin = angles.cos(), angles.sin()
+    before = x.clone()
+    if fused:
+        ours = kernels.rms_norm_rope(x, weight, cos, sin, eps=1e-6, n_rope=n_rope, backend="triton")
+        ref = reference.rms_norm_rope(x.double(), weight.double(), cos.double(), sin.double(), 1e-6, n_rope=n_rope)
+    else:
+        ours = kernels.apply_rope(x, cos, sin, backend="triton")
+        ref = reference.apply_rope(x.double(), cos.double(), sin.double())
+    err = rel_l2(ours, ref)
+    ok = bool(err < TOL[dtype] and not ours.isnan().any() and torch.equal(x, before))
+    log(f"  {'rms_norm_rope' if fused else 'apply_rope'} B{B} L{L} N{N} Dh{Dh} {dtype} n_rope={n_rope}: "
+        f"err {err:.2e} {'ok' if ok else 'FAIL'}")
+    return dict(op="rms_norm_rope" if fused else "apply_rope", B=B, L=L, N=N, Dh=Dh, dtype=str(dtype),
+                n_rope=n_rope, err=err, ok=ok)
+
+
+def transformer_inputs(config, B, T, H, W, text_lens, device, dtype, seed=0):
+    """One inverted anti-drifting section with the full 1x / 2x / 4x history and text padded to 256."""
+    from framepack_native.models.transformer_packing import section_frame_indices
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    lat, clean, h2, h4 = section_frame_indices("inverted_anti_drifting", T, 1)
+    C, Lt = config.in_channels, 256
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, device=device).to(dtype)
+
+    text_mask = torch.arange(Lt, device=device)[None] < torch.tensor(text_lens, device=device)[:, None]  # (B, Lt)
+    return dict(
+        hidden_states=rand(B, C, T, H, W), timestep=torch.linspace(900, 100, B, device=device),
+        encoder_hidden_states=rand(B, Lt, config.text_embed_dim), encoder_attention_mask=text_mask.long(),
+        pooled_projections=rand(B, config.pooled_projection_dim), image_embeds=rand(B, 729, config.image_proj_dim),
+        indices_latents=lat, guidance=torch.full((B,), 10000.0, device=device, dtype=dtype),
+        latents_clean=rand(B, C, len(clean), H, W), indices_latents_clean=clean,
+        latents_history_2x=rand(B, C, len(h2), H, W), indices_latents_history_2x=h2,
+        latents_history_4x=rand(B, C, len(h4), H, W), indices_latents_history_4x=h4,
+    )
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    p.add_argument("--smoke", action="store_true", help="CPU + TRITON_INTERPRET=1, toy shapes: checks the script")
+    p.add_argument("--budget-s", type=float, default=420, help="skip benchmark lengths once this much has passed")
+    args = p.parse_args()
+    out_dir, t0 = Path(args.out), time.perf_counter()
+    from kernels import triton_util
+
+    if args.smoke != (not torch.cuda.is_available()) or args.smoke != triton_util.INTERPRET:
+        sys.exit("run on a CUDA machine without TRITON_INTERPRET, or with --smoke and TRITON_INTERPRET=1 on the CPU")
+    device = torch.device("cpu" if args.smoke else "cuda")
+    import triton
+
+    REPORT["env"] = dict(
+        device=torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        capability=list(torch.cuda.get_device_capability()) if device.type == "cuda" else None,
+        torch=torch.__version__, triton=triton.__version__, date=time.strftime("%Y-%m-%d"), smoke=args.smoke,
+    )
+    log(json.dumps(REPORT["env"]))
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    # Real shapes: B=1, 24 heads x 128, 4k-30k tokens; smoke: the same code paths at toy sizes.
+    if args.smoke:
+        long, mid, N, text_lens, T, HW, real_layers = 97, 64, 2, [40, 9], 1, 8, (1, 1)
+    else:
+        long, mid, N, text_lens, T, HW, real_layers = 30000, 4352, 24, [200, 17], 9, 48, (1, 1)
+
+    @step("attention correctness", out_dir)
+    def _():
+        cases = [
+            dict(B=1, Lq=mid, Lk=mid, N=N, Dh=128, dtype=bf16),
+            dict(B=1, Lq=long, Lk=long, N=N, Dh=128, dtype=bf16),
+            dict(B=1, Lq=long, Lk=long, N=N, Dh=128, dtype=bf16, mask_valid=[text_lens[0]]),
+            dict(B=2, Lq=mid, Lk=mid, N=N, Dh=128, dtype=bf16, mask_valid=text_lens),
+            dict(B=2, Lq=257, Lk=257, N=N, Dh=128, dtype=bf16, mask_valid=text_lens),  # token refiner
+            dict(B=1, Lq=mid + 3, Lk=mid // 3 + 1, N=N, Dh=128, dtype=bf16),
+            dict(B=1, Lq=mid, Lk=mid, N=N, Dh=128, dtype=bf16, strided=True),
+            dict(B=1, Lq=mid, Lk=mid, N=N, Dh=128, dtype=fp16, mask_valid=[text_lens[1]]),
+            dict(B=1, Lq=mid, Lk=mid, N=N, Dh=128, dtype=fp32),
+            dict(B=1, Lq=mid, Lk=mid, N=N, Dh=64, dtype=bf16, mask_valid=[text_lens[1]]),
+        ]
+        results = [attention_case(device, seed=i, **case) for i, case in enumerate(cases)]
+        assert all(r["ok"] for r in results), "some attention case failed"
+        return results
+
+    @step("rms_norm_rope correctness", out_dir)
+    def _():
+        cases = [
+            dict(B=1, L=long, N=N, Dh=128, dtype=bf16, n_rope=long - 256 if not args.smoke else long - 20),
+            dict(B=2, L=mid + 1, N=N, Dh=128, dtype=fp16, n_rope=None),
+            dict(B=1, L=mid, N=N, Dh=128, dtype=fp32, n_rope=mid // 2),
+            dict(B=1, L=mid, N=N, Dh=64, dtype=bf16, n_rope=0),
+            dict(B=1, L=mid, N=N, Dh=128, dtype=bf16, n_rope=None, fused=False),
+        ]
+        results = [rope_case(device, seed=i, **case) for i, case in enumerate(cases)]
+        assert all(r["ok"] for r in results), "some rope case failed"
+        return results
+
+    @step("torch.compile traces through the kernels", out_dir)
+    def _():
+        B, L, n_rope = 2, mid, mid - 256 if not args.smoke else mid - 20
+        gen = torch.Generator(device=device).manual_seed(7)
+        q, k, v = (torch.randn(B, L, N, 128, generator=gen, device=device, dtype=bf16) for _ in range(3))
+        wq, wk = (torch.randn(128, generator=gen, device=device, dtype=bf16) for _ in range(2))
+        angles = torch.rand(n_rope, 64, generator=gen, device=device).repeat_interleave(2, dim=-1)
+        cos, sin = angles.cos(), angles.sin()
+        mask = padding_mask(B, L, 256 if not args.smoke else 40, text_lens, device)
+
+        def attend(q, k, v, wq, wk, cos, sin, mask):
+            q = kernels.rms_norm_rope(q, wq, cos, sin, eps=1e-6, n_rope=n_rope, backend="triton")
+            k = kernels.rms_norm_rope(k, wk, cos, sin, eps=1e-6, n_rope=n_rope, backend="triton")
+            return kernels.attention(q, k, v, kv_mask=mask, backend="triton")
+
+        with torch.inference_mode():
+            eager = attend(q, k, v, wq, wk, cos, sin, mask)
+            if args.smoke:  # the interpreter launches raw kernels; there is nothing for dynamo to trace
+                return {"skipped": "smoke"}
+            fullgraph = True
+            try:
+                compiled = torch.compile(attend, fullgraph=True)(q, k, v, wq, wk, cos, sin, mask)
+            except Exception as err:  # noqa: BLE001 - record the graph break, then try without fullgraph
+                log(f"  fullgraph=True failed: {str(err).splitlines()[0][:300]}")
+                fullgraph = False
+                torch._dynamo.reset()
+                compiled = torch.compile(attend)(q, k, v, wq, wk, cos, sin, mask)
+        err = rel_l2(compiled, eager)
+        log(f"  compiled vs eager: rel. error {err:.2e}, fullgraph={fullgraph}")
+        assert err < 1e-2
+        return dict(err=err, fullgraph=fullgraph)
+
+    @step("transformer: triton vs torch path", out_dir)
+    def _():
+        from framepack_native.models.transformer import FramePackTransformer, FramePackTransformerConfig
+
+        fields = dict(num_layers=real_layers[0], num_single_layers=real_layers[1])
+        if args.smoke:
+            fields.update(num_attention_heads=2, attention_head_dim=64, rope_axes_dim=(16, 24, 24),
+                          text_embed_dim=32, pooled_projection_dim=12, image_proj_dim=20)
+        config = FramePackTransformerConfig(**fields)
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = FramePackTransformer(config).eval()
+        inputs = transformer_inputs(config, 2, T, HW, HW, text_lens, device, fp32)
+        def forward(backend):
+            model.kernel_backend = backend
+            return model(**inputs)
+
+        results = {"config": str(fields)}
+        with torch.inference_mode():
+            expected = forward("torch")  # float32, torch path: the oracle
+            model.to(bf16)
+            inputs = {k: v.to(bf16) if v.is_floating_point() and k != "timestep" else v for k, v in inputs.items()}
+            for backend in ("torch", "triton"):
+                results[f"err_{backend}_bf16_vs_fp32"] = rel_l2(forward(backend), expected)
+            if not args.smoke:  # the interpreter takes a minute a forward: no timing there
+                med = attention_bench.median_times({b: functools.partial(forward, b) for b in ("torch", "triton")},
+                                                   device, runs=5, inner=1)
+                results.update({f"ms_{b}_bf16": t * 1e3 for b, t in med.items()})
+        log(f"  {results}")
+        assert results["err_triton_bf16_vs_fp32"] < max(2 * results["err_torch_bf16_vs_fp32"], 2e-2)
+        return results
+
+    lengths = [64, 97] if args.smoke else [4096, 8192, 16384, 30000]
+
+    @step("benchmark attention (bf16, 24 x 128)", out_dir)
+    def _():
+        rows = []
+        for L in lengths:
+            if time.perf_counter() - t0 > args.budget_s:
+                log(f"  budget of {args.budget_s} s spent: skipping L={L}")
+                continue
+            rows += attention_bench.bench([L], heads=N, device=device, pad=min(200, L // 4),
+                                          runs=3 if args.smoke else 7, inner=1 if args.smoke else 3)
+        return rows
+
+    @step("benchmark rms_norm_rope (bf16, 24 x 128)", out_dir)
+    def _():
+        rows = []
+        for L in lengths:
+            if time.perf_counter() - t0 > args.budget_s + 60:
+                log(f"  budget spent: skipping L={L}")
+                continue
+            rows += rope_bench.bench([L], heads=N, device=device, text=min(256, L // 4), compile=not args.smoke,
+                                     runs=3 if args.smoke else 7, inner=1 if args.smoke else 10)
+        return rows
+
+    # The configs the autotuner picked, per key (HEAD_DIM, HAS_MASK, length buckets, dtypes): for tuning TILES.
+    tuned = {"attention": kernels._triton_module("triton_attention")._attn_fwd_tuned,
+             "rms_norm_rope": kernels._triton_module("triton_rope")._rms_norm_rope_tuned}
+    REPORT["autotune"] = {op: {str(k): str(v) for k, v in t.cache.items()} for op, t in tuned.items()}
+    log(json.dumps(REPORT["autotune"], indent=1))
+    failed = [name for name, s in REPORT["steps"].items() if not s["ok"]]
+    log(f"done in {time.perf_counter() - t0:.0f} s; failed steps: {failed or 'none'}")
+    save(out_dir)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Fused q/k RMSNorm + RoPE (kernels.rms_norm_rope) vs the torch reference, eager and torch.compile'd,
+and a plain copy of the same bytes (the bandwidth ceiling), side by side.
+
+    python benchmarks/rope.py                          # CUDA, bf16, B=1, 24 heads x 128, 4k-30k tokens
+    python benchmarks/rope.py --device cpu --lengths 4096 --dtype fp32
+
+x is the q slice of a fused (B, L, 3, N, Dh) projection, as in the transformer; the last --text tokens are
+normalised, not rotated. GB/s counts one read and one write of x; the goals are >= 1.4x torch.compile and
+>= 70% of the copy's GB/s.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import kernels  # noqa: E402
+from benchmarks.attention import DTYPES, median_times  # noqa: E402
+from kernels import reference  # noqa: E402
+
+
+def bench(lengths, heads=24, head_dim=128, batch=1, dtype=torch.bfloat16, device="cuda", text=256, runs=7,
+          inner=10, compile=True):
+    """Time each implementation at each length; prints a table and returns rows of dicts (for gpu_check.py)."""
+    device = torch.device(device)
+    compiled = torch.compile(reference.rms_norm_rope, dynamic=False) if compile else None
+    rows = []
+    with torch.inference_mode():
+        for L in lengths:
+            gen = torch.Generator(device=device).manual_seed(L)
+            qkv = torch.randn(batch, L, 3, heads, head_dim, generator=gen, device=device, dtype=dtype)
+            x = qkv[:, :, 0]  # (B, L, N, Dh), rows strided as the transformer's q
+            weight = torch.randn(head_dim, device=device, dtype=dtype)
+            n_rope = L - text
+            angles = torch.rand(n_rope, head_dim // 2, device=device).repeat_interleave(2, dim=-1)  # (n, Dh)
+            cos, sin = angles.cos(), angles.sin()
+            src, dst = x.contiguous(), torch.empty_like(x, memory_format=torch.contiguous_format)
+            ours = "triton" if device.type == "cuda" else "torch"
+            fns = {
+                f"ours ({ours})": lambda: kernels.rms_norm_rope(x, weight, cos, sin, eps=1e-6, n_rope=n_rope,
+                                                                 backend=ours),
+                "torch eager": lambda: reference.rms_norm_rope(x, weight, cos, sin, 1e-6, n_rope=n_rope),
+                "copy": lambda: dst.copy_(src),
+            }
+            if compiled is not None:
+                fns["torch.compile"] = lambda: compiled(x, weight, cos, sin, 1e-6, n_rope=n_rope)
+            nbytes = 2 * x.numel() * x.element_size()
+            print(f"L = {L}: x ({batch}, {L}, {heads}, {head_dim}) {dtype} strided, {text} text tokens not rotated")
+            med = median_times(fns, device, runs, inner)
+            ours_name = next(iter(fns))
+            for name, t in med.items():
+                row = dict(L=L, impl=name, us=t * 1e6, gbps=nbytes / t / 1e9, time_over_ours=t / med[ours_name])
+                rows.append(row)
+                print(f"  {name:>16}: {t * 1e6:10.1f} us  {row['gbps']:8.1f} GB/s  "
+                      f"time / ours {row['time_over_ours']:.2f}")
+            print(f"  ours reaches {100 * med['copy'] / med[ours_name]:.0f}% of the copy bandwidth")
+            del qkv, x, src, dst
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", choices=DTYPES, default="bf16")
+    p.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 30000])
+    p.add_argument("--heads", type=int, default=24)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--text", type=int, default=256, help="trailing tokens that are normalised, not rotated")
+    p.add_argument("--runs", type=int, default=7)
+    p.add_argument("--inner", type=int, default=10)
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it needs a C compiler on CPU)")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device {name} | torch {torch.__version__} | dtype {args.dtype} | median of {args.runs} x {args.inner}")
+    bench(args.lengths, args.heads, args.head_dim, args.batch, DTYPES[args.dtype], args.device, args.text,
+          args.runs, args.inner, not args.no_compile)
+
+
+if __name__ == "__main__":
+    main()
