@@ -6,6 +6,7 @@ Source: Zhang & Agrawala, "Packing Input Frame Context in Next-Frame Prediction 
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -99,59 +100,42 @@ class FramePackTransformer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype=torch.bfloat16, device="cuda"):
+        """Load a converted native folder (or a converted pipeline root) strictly, in eval mode."""
         return load_pretrained(cls, path, dtype, device)
 
     def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, pooled_projections,
                 image_embeds, indices_latents, guidance=None, latents_clean=None, indices_latents_clean=None,
                 latents_history_2x=None, indices_latents_history_2x=None, latents_history_4x=None,
                 indices_latents_history_4x=None):
-        """Velocity of the noisy window (B, C, T, H, W), arguments as diffusers' HunyuanVideoFramepackTransformer3DModel.
+        """Velocity of the noisy window; arguments as diffusers' HunyuanVideoFramepackTransformer3DModel.forward.
 
-        hidden_states (B, C, T, H, W); timestep (B,); encoder_hidden_states (B, Lt, text_dim) with
+        hidden_states (B, C, T, H, W); timestep (B,) or scalar; encoder_hidden_states (B, Lt, text_dim) with
         encoder_attention_mask (B, Lt) (valid tokens first); pooled_projections (B, pooled_dim); image_embeds
-        (B, Li, image_dim); indices_latents (T,) frame indices; guidance (B,) (ignored without guidance_embeds);
-        latents_clean (B, C, Tc, H, W) / latents_history_2x / latents_history_4x, each with its (T*,) indices
-        or both None. Returns (B, out_channels, T, H, W).
+        (B, Li, image_dim); indices_latents (T,) frame indices (None: 0..T-1); guidance (B,) or scalar
+        (ignored without guidance_embeds); latents_clean (B, C, Tc, H, W) / latents_history_2x /
+        latents_history_4x, each with its (T*,) indices or both None. Returns (B, out_channels, T, H, W).
         """
         histories = {"1x": (latents_clean, indices_latents_clean), "2x": (latents_history_2x,
                      indices_latents_history_2x), "4x": (latents_history_4x, indices_latents_history_4x)}
         lengths = self._check_inputs(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask,
                                      pooled_projections, image_embeds, indices_latents, guidance, histories)
         c, backend = self.config, self.kernel_backend
-        dtype = self.img_in.weight.dtype
         B, _, T, H, W = hidden_states.shape
         h, w = H // c.patch_size, W // c.patch_size
         if indices_latents is None:
             indices_latents = torch.arange(T, device=hidden_states.device)
+        timestep = timestep.expand(B)
 
-        # Image stream: [4x | 2x | clean | noisy window] tokens, each with its RoPE table (pooled for 2x / 4x).
-        img = [rearrange(self.img_in(hidden_states.to(dtype)), "B D T h w -> B (T h w) D")]
-        tables = [rope_table(indices_latents.to(hidden_states.device), h, w, c.rope_axes_dim, c.rope_theta)]
-        for scale, (latents, indices) in histories.items():
-            if latents is not None:
-                img.insert(0, self.history_in(latents.to(dtype), scale))
-                tables.insert(0, rope_table(indices.to(hidden_states.device), h, w, c.rope_axes_dim, c.rope_theta,
-                                            pool=HISTORY_POOL[scale]))
-        cos, sin = (torch.cat(t, dim=0) for t in zip(*tables))  # (Li, Dh) float32
-        img = torch.cat(img, dim=1)  # (B, Li, D)
-        n_img, n_out = img.shape[1], T * h * w
-
-        # Conditioning vector: timestep + guidance + pooled CLIP text.
-        vec = self.time_in(timestep_embedding(timestep.expand(B)).to(dtype))
-        if self.guidance_in is not None:
-            vec = vec + self.guidance_in(timestep_embedding(guidance.expand(B)).to(dtype))
-        vec = torch.nn.functional.silu(vec + self.vector_in(pooled_projections.to(dtype)))  # (B, D)
-
-        # Text stream: [image tokens | refined text], text cut to the longest valid length; batch > 1 masks keys.
-        n_txt = max(lengths)
-        text_mask = None
-        if min(lengths) < n_txt:
-            text_mask = encoder_attention_mask[:, :n_txt].bool()  # (B, Lt')
-        txt = self.txt_in(encoder_hidden_states[:, :n_txt].to(dtype), timestep.expand(B), text_mask, backend)
-        txt = torch.cat((self.image_in(image_embeds.to(dtype)), txt), dim=1)  # (B, Lc, D)
+        img, cos, sin = self._image_tokens(hidden_states, indices_latents, histories)
+        vec = self._conditioning(timestep, guidance, pooled_projections)
+        # Text cut to the longest valid length (batch 1: to its length, as the reference); batch > 1 masks keys.
+        n_img, n_txt = img.shape[1], max(lengths)
+        text_mask = encoder_attention_mask[:, :n_txt].bool() if min(lengths) < n_txt else None  # (B, Lt')
+        txt = self.txt_in(encoder_hidden_states[:, :n_txt].to(vec.dtype), timestep, text_mask, backend)
+        txt = torch.cat((self.image_in(image_embeds.to(vec.dtype)), txt), dim=1)  # (B, Lc, D): SigLIP + text
         kv_mask = None
         if text_mask is not None:
-            kv_mask = torch.cat((text_mask.new_ones(B, n_img + image_embeds.shape[1]), text_mask), dim=1)
+            kv_mask = torch.cat((text_mask.new_ones(B, n_img + image_embeds.shape[1]), text_mask), dim=1)  # (B, L)
 
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, cos, sin, kv_mask, backend)
@@ -159,9 +143,34 @@ class FramePackTransformer(nn.Module):
         for block in self.single_blocks:
             x = block(x, vec, cos, sin, n_img, kv_mask, backend)
 
-        out = self.final_layer(x[:, n_img - n_out:n_img], vec)  # (B, T*h*w, pt*p*p*C)
+        out = self.final_layer(x[:, n_img - T * h * w:n_img], vec)  # (B, T*h*w, pt*p*p*C)
         return rearrange(out, "B (T h w) (C pt ph pw) -> B C (T pt) (h ph) (w pw)", T=T, h=h, w=w,
                          pt=c.patch_size_t, ph=c.patch_size, pw=c.patch_size)
+
+    def _image_tokens(self, hidden_states, indices_latents, histories):
+        """Tokens [4x | 2x | clean | noisy window] (B, Li, D) and their RoPE cos/sin (Li, Dh) float32.
+
+        The 2x / 4x tables are padded and pooled like their latents (FramePack section 3.2).
+        """
+        c, dtype, device = self.config, self.img_in.weight.dtype, hidden_states.device
+        h, w = hidden_states.shape[-2] // c.patch_size, hidden_states.shape[-1] // c.patch_size
+        tokens = [rearrange(self.img_in(hidden_states.to(dtype)), "B D T h w -> B (T h w) D")]
+        tables = [rope_table(indices_latents.to(device), h, w, c.rope_axes_dim, c.rope_theta)]
+        for scale, (latents, indices) in histories.items():
+            if latents is not None:
+                tokens.insert(0, self.history_in(latents.to(dtype), scale))
+                tables.insert(0, rope_table(indices.to(device), h, w, c.rope_axes_dim, c.rope_theta,
+                                            pool=HISTORY_POOL[scale]))
+        cos, sin = (torch.cat(t, dim=0) for t in zip(*tables))  # (Li, Dh)
+        return torch.cat(tokens, dim=1), cos, sin  # (B, Li, D)
+
+    def _conditioning(self, timestep, guidance, pooled_projections):
+        """silu(timestep + guidance + pooled CLIP text embeddings) (B, D), the input of every adaLN."""
+        dtype = self.img_in.weight.dtype
+        vec = self.time_in(timestep_embedding(timestep).to(dtype))
+        if self.guidance_in is not None:
+            vec = vec + self.guidance_in(timestep_embedding(guidance.expand(timestep.shape[0])).to(dtype))
+        return F.silu(vec + self.vector_in(pooled_projections.to(dtype)))  # (B, D)
 
     def _check_inputs(self, hidden_states, timestep, txt, txt_mask, pooled, image_embeds, indices, guidance,
                       histories):
@@ -194,7 +203,7 @@ class FramePackTransformer(nn.Module):
                                  f"{'indices' if latents is None else 'latents'})")
             if latents is None:
                 continue
-            if latents.ndim != 5 or (latents.shape[0], latents.shape[1], *latents.shape[3:]) != (B, c.in_channels, H, W):
+            if latents.ndim != 5 or (*latents.shape[:2], *latents.shape[3:]) != (B, c.in_channels, H, W):
                 raise ValueError(f"{name} must be ({B}, {c.in_channels}, frames, {H}, {W}), got {tuple(latents.shape)}")
             if tuple(idx.shape) != (latents.shape[2],):
                 raise ValueError(f"indices of {name} must be ({latents.shape[2]},), got {tuple(idx.shape)}")

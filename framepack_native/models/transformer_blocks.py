@@ -35,6 +35,13 @@ class Modulation(nn.Module):
         return [ModulationOut(*chunks[3 * i: 3 * i + 3]) for i in range(self.count)]
 
 
+def gelu_tanh(x):
+    """tanh GELU; in place when autograd is off (x is then a scratch activation: one large allocation less)."""
+    if torch.is_grad_enabled():
+        return F.gelu(x, approximate="tanh")
+    return torch.ops.aten.gelu_(x, approximate="tanh")
+
+
 def modulate(x, mod):
     """LayerNorm (no affine, eps 1e-6) of x (B, L, D), then x * (1 + scale) + shift."""
     return torch.addcmul(mod.shift, F.layer_norm(x, x.shape[-1:], eps=EPS), 1 + mod.scale)
@@ -49,7 +56,7 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(mlp_dim, hidden_dim)
 
     def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(gelu_tanh(self.fc1(x)))
 
 
 class QKVAttention(nn.Module):
@@ -118,14 +125,22 @@ class SingleStreamBlock(nn.Module):
 
     def forward(self, x, vec, cos, sin, n_img, kv_mask, backend):
         """x (B, L, D) with the n_img image tokens first, vec (B, D), cos/sin (n_img, Dh), kv_mask (B, L)."""
+        D = self.hidden_dim
         (mod,) = self.modulation(vec)
-        qkv, mlp = self.linear1(modulate(x, mod)).split((3 * self.hidden_dim, self.mlp_dim), dim=-1)
-        q, k, v = rearrange(qkv, "B L (K N Dh) -> K B L N Dh", K=3, N=self.num_heads)
+        h = self.linear1(modulate(x, mod))  # (B, L, 3D + M): [q | k | v | mlp]
+        q, k, v = rearrange(h[..., :3 * D], "B L (K N Dh) -> K B L N Dh", K=3, N=self.num_heads)
         q = kernels.rms_norm_rope(q, self.norm_q.weight, cos, sin, eps=EPS, n_rope=n_img, backend=backend)
         k = kernels.rms_norm_rope(k, self.norm_k.weight, cos, sin, eps=EPS, n_rope=n_img, backend=backend)
-        attn = kernels.attention(q, k, v, kv_mask=kv_mask, backend=backend).flatten(2)  # (B, L, D)
-        out = self.linear2(torch.cat((attn, F.gelu(mlp, approximate="tanh")), dim=-1))  # (B, L, D)
-        return torch.addcmul(x, mod.gate, out)
+        attn = kernels.attention(q, k, v, kv_mask=kv_mask, backend=backend)  # (B, L, N, Dh)
+        if torch.is_grad_enabled():
+            y = torch.cat((attn.flatten(2), F.gelu(h[..., 3 * D:], approximate="tanh")), dim=-1)  # (B, L, D + M)
+        else:
+            # Inference: [attention | GELU(mlp)] is assembled in h's [v | mlp] columns (v is consumed by now),
+            # which saves a (B, L, D + M) concatenation; linear2 reads the strided view without a copy.
+            y = h[..., 2 * D:]  # (B, L, D + M), row stride 3D + M
+            y[..., :D].unflatten(-1, (self.num_heads, -1)).copy_(attn)  # (B, L, N, Dh)
+            gelu_tanh(y[..., D:])
+        return torch.addcmul(x, mod.gate, self.linear2(y))
 
 
 class FinalLayer(nn.Module):

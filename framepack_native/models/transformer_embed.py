@@ -85,7 +85,7 @@ class RefinerBlock(nn.Module):
         gate_attn, gate_mlp = self.gates(vec)[:, None].chunk(2, dim=-1)  # (B, 1, D) each
         q, k, v = rearrange(self.qkv(self.norm1(x)), "B L (K N Dh) -> K B L N Dh", K=3, N=self.num_heads)
         attn = kernels.attention(q, k, v, kv_mask=kv_mask, backend=backend)  # (B, L, N, Dh)
-        x = torch.addcmul(x, gate_attn, self.proj(attn.flatten(2)))
+        x = torch.addcmul(x, gate_attn, self.proj(attn.flatten(2)))  # attn as (B, L, D)
         mlp = self.fc2(F.silu(self.fc1(self.norm2(x))))
         return torch.addcmul(x, gate_mlp, mlp)
 

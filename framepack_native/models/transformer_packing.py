@@ -55,7 +55,7 @@ def rope_table(frame_indices, height, width, axes_dim, theta, pool=1):
         cos, sin = pool_rows(cos, pool), pool_rows(sin, pool)  # (n_i, dim)
         shape = [1, 1, 1, dim]
         shape[i] = cos.shape[0]
-        cos_parts.append(cos.view(shape))
+        cos_parts.append(cos.view(shape))  # (t', 1, 1, d) | (1, h', 1, d) | (1, 1, w', d)
         sin_parts.append(sin.view(shape))
     grid = torch.broadcast_shapes(*(c.shape[:3] for c in cos_parts))
     cos = torch.cat([c.expand(*grid, -1) for c in cos_parts], dim=-1)  # (T', h', w', Dh)

@@ -1,5 +1,9 @@
 """Reference builders for the FramePack transformer: diffusers' HunyuanVideoFramepackTransformer3DModel with
 perturbed random weights, saved in the layout users download, plus input builders for both sampling modes."""
+import json
+from pathlib import Path
+
+import safetensors.torch
 import torch
 from diffusers import HunyuanVideoFramepackTransformer3DModel
 
@@ -31,7 +35,15 @@ def builder(config, seed=0):
 
 
 def load(path):
-    return HunyuanVideoFramepackTransformer3DModel.from_pretrained(path, torch_dtype=torch.float32).eval()
+    """The saved reference model in float32, built on the meta device and filled strictly (no double memory)."""
+    config = json.loads((Path(path) / "config.json").read_text())
+    with torch.device("meta"):
+        model = HunyuanVideoFramepackTransformer3DModel.from_config(config)
+    state = {}
+    for shard in sorted(Path(path).glob("*.safetensors")):
+        state.update(safetensors.torch.load_file(shard))
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.float().eval()
 
 
 def make_inputs(config, *, text_lens, frames=3, height=6, width=10, sampling="inverted_anti_drifting", padding=0,
@@ -71,7 +83,7 @@ def make_inputs(config, *, text_lens, frames=3, height=6, width=10, sampling="in
 
 @torch.no_grad()
 def reference_forward(model, inputs):
-    """diffusers' forward, also when some histories are absent.
+    """diffusers' forward, also when some histories are absent and with scalar timestep / guidance.
 
     Its forward needs all three histories (an absent one leaves a rotary table unbound), so absent ones are
     filled with dummies and dropped where diffusers packs the histories, which skips None entries.
@@ -79,6 +91,9 @@ def reference_forward(model, inputs):
     full = dict(inputs)
     absent = []
     B, C, _, H, W = inputs["hidden_states"].shape
+    for name in ("timestep", "guidance"):  # diffusers takes (B,) only
+        if full.get(name) is not None:
+            full[name] = full[name].expand(B)
     for i, name in enumerate(("latents_clean", "latents_history_2x", "latents_history_4x")):
         if full.get(name) is None:
             absent.append(i)
