@@ -131,7 +131,7 @@ def rope_case(device, B, L, N, Dh, dtype, n_rope, fused=True, seed=0):
 
 def transformer_inputs(config, B, T, H, W, text_lens, device, dtype, seed=0):
     """One inverted anti-drifting section with the full 1x / 2x / 4x history and text padded to 256."""
-    from framepack_native.models.transformer_packing import section_frame_indices
+    from framepack_native.sections import section_frame_indices
 
     gen = torch.Generator(device=device).manual_seed(seed)
     lat, clean, h2, h4 = section_frame_indices("inverted_anti_drifting", T, 1)

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from framepack_native.models.loading import config_from_dict  # noqa: E402
 from framepack_native.models.transformer import FramePackTransformer, FramePackTransformerConfig  # noqa: E402
-from framepack_native.models.transformer_packing import section_frame_indices  # noqa: E402
+from framepack_native.sections import section_frame_indices  # noqa: E402
 from weights_convert.core import convert_state  # noqa: E402
 from weights_convert.transformer import CONVERTER  # noqa: E402
 

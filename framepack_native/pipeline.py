@@ -15,7 +15,7 @@ from framepack_native.models import (CLIPTextEncoder, FramePackTransformer, Huny
 from framepack_native.models.loading import MANIFEST, read_json
 from framepack_native.prompt import encode_prompt
 from framepack_native.sampling import FlowMatchConfig, flow_sigmas, sample_euler, sample_unipc, shift_mu
-from framepack_native.sections import (SAMPLING_TYPES, num_sections, padding_schedule, section_layout,
+from framepack_native.sections import (HISTORY_SIZES, SAMPLING_TYPES, num_sections, padding_schedule, section_frame_indices,
                                        soft_append, split_history)
 from framepack_native.tokenizers import CLIPTokenizer, LlamaTokenizer
 from framepack_native.weights import CheckpointError
@@ -176,7 +176,7 @@ class FramePackPipeline:
         vae_t = self.vae.config.temporal_compression_ratio
         h, w = height // self.vae.config.spatial_compression_ratio, width // self.vae.config.spatial_compression_ratio
         sections = num_sections(num_frames, latent_window_size, vae_t)
-        history = torch.zeros(B, cfg.in_channels, 19, h, w, device=device)  # 1 + 2 + 16 history frames
+        history = torch.zeros(B, cfg.in_channels, sum(HISTORY_SIZES), h, w, device=device)
         generated = 0
         if sampling_type == "vanilla":
             history, generated = torch.cat((history, image_latents), dim=2), 1
@@ -187,16 +187,16 @@ class FramePackPipeline:
 
         for k in range(sections):
             last_section = k == sections - 1
-            layout = section_layout(sampling_type, latent_window_size,
-                                    paddings[k] if sampling_type == "inverted_anti_drifting" else 0)
+            padding = paddings[k] * latent_window_size if sampling_type == "inverted_anti_drifting" else 0
+            idx_latents, idx_clean, idx_2x, idx_4x = section_frame_indices(sampling_type, latent_window_size, padding)
             h1, h2, h4 = split_history(history, sampling_type)
             if last_image is not None and k == 0:
                 h1 = last_latents
-            context = dict(image_embeds=image_embeds, indices_latents=layout.latents, guidance=guidance,
+            context = dict(image_embeds=image_embeds, indices_latents=idx_latents, guidance=guidance,
                            latents_clean=torch.cat((image_latents, h1), dim=2).to(dtype),
-                           indices_latents_clean=layout.clean, latents_history_2x=h2.to(dtype),
-                           indices_latents_history_2x=layout.history_2x, latents_history_4x=h4.to(dtype),
-                           indices_latents_history_4x=layout.history_4x)
+                           indices_latents_clean=idx_clean, latents_history_2x=h2.to(dtype),
+                           indices_latents_history_2x=idx_2x, latents_history_4x=h4.to(dtype),
+                           indices_latents_history_4x=idx_4x)
 
             def velocity(x, sigma):
                 t = (sigma * 1000.0).expand(B).to(device)

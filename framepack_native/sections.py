@@ -6,21 +6,10 @@ Two sampling modes (paper Fig. 2):
       what was generated *after* the current window; padding indices leave room for unwritten sections.
   vanilla (F1): sections go forward in time; the history (sizes 16, 2, 1) is what came before.
 """
-import dataclasses
-
 import torch
 
 SAMPLING_TYPES = ("inverted_anti_drifting", "vanilla")
-HISTORY_SIZES = {"inverted_anti_drifting": (1, 2, 16), "vanilla": (16, 2, 1)}
-
-
-@dataclasses.dataclass(frozen=True)
-class SectionLayout:
-    """Frame indices (1-D int64) of one section's inputs: the noisy window, clean (prefix + 1x), 2x and 4x."""
-    latents: torch.Tensor
-    clean: torch.Tensor
-    history_2x: torch.Tensor
-    history_4x: torch.Tensor
+HISTORY_SIZES = (1, 2, 16)  # latent frames of the 1x, 2x and 4x history
 
 
 def num_sections(num_frames, latent_window_size, temporal_ratio=4):
@@ -30,32 +19,48 @@ def num_sections(num_frames, latent_window_size, temporal_ratio=4):
 
 
 def padding_schedule(sections):
-    """Inverted anti-drifting padding (in windows) per section: n-1, ..., 0, or 3, 2, ..., 2, 1, 0 past 4 sections."""
+    """Padding (in windows) of each inverted anti-drifting section, first generated first.
+
+    As FramePack's demo and diffusers' pipeline: [n-1, ..., 1, 0], or [3, 2, ..., 2, 1, 0] past 4 sections.
+    """
+    if sections < 1:
+        raise ValueError(f"sections must be >= 1, got {sections}")
     if sections > 4:
         return [3] + [2] * (sections - 3) + [1, 0]
     return list(reversed(range(sections)))
 
 
-def section_layout(sampling_type, latent_window_size, padding_windows=0):
-    """The index layout of one section. padding_windows only applies to inverted anti-drifting."""
-    if sampling_type == "inverted_anti_drifting":
-        sizes = [1, padding_windows * latent_window_size, latent_window_size, 1, 2, 16]
-        prefix, _, window, h1, h2, h4 = torch.arange(sum(sizes)).split(sizes)
-    elif sampling_type == "vanilla":
-        sizes = [1, 16, 2, 1, latent_window_size]
-        prefix, h4, h2, h1, window = torch.arange(sum(sizes)).split(sizes)
-    else:
+def section_frame_indices(sampling_type, latent_window_size, latent_padding_size=0, history_sizes=(1, 2, 16)):
+    """Frame indices of one section: (latents, clean, history_2x, history_4x), 1-D int64 tensors.
+
+    history_sizes = (1x, 2x, 4x) latent frames. Inverted anti-drifting lays out
+    [start image | padding | window | 1x | 2x | 4x] (the history is the future, already generated);
+    vanilla lays out [start image | 4x | 2x | 1x | window]. The clean latents are the start image + the 1x history.
+    """
+    if sampling_type not in SAMPLING_TYPES:
         raise ValueError(f"unknown sampling type {sampling_type!r}; expected one of {SAMPLING_TYPES}")
-    return SectionLayout(latents=window, clean=torch.cat((prefix, h1)), history_2x=h2, history_4x=h4)
+    if latent_window_size < 1 or latent_padding_size < 0 or len(history_sizes) != 3 or min(history_sizes) < 1:
+        raise ValueError(f"bad section layout: window {latent_window_size}, padding {latent_padding_size}, "
+                         f"history sizes {tuple(history_sizes)}")
+    n1, n2, n4 = history_sizes
+    if sampling_type == "inverted_anti_drifting":
+        sizes = [1, latent_padding_size, latent_window_size, n1, n2, n4]
+        prefix, _, latents, h1, h2, h4 = torch.arange(sum(sizes)).split(sizes)
+    else:
+        if latent_padding_size:
+            raise ValueError(f"vanilla sampling has no padding sections, got latent_padding_size={latent_padding_size}")
+        sizes = [1, n4, n2, n1, latent_window_size]
+        prefix, h4, h2, h1, latents = torch.arange(sum(sizes)).split(sizes)
+    return latents, torch.cat((prefix, h1)), h2, h4
 
 
 def split_history(history, sampling_type):
     """History buffer (B, C, T, H, W) -> (1x, 2x, 4x) latents of the current section (newest side of the buffer)."""
-    sizes = HISTORY_SIZES[sampling_type]
+    n = sum(HISTORY_SIZES)
     if sampling_type == "inverted_anti_drifting":
-        h1, h2, h4 = history[:, :, :sum(sizes)].split(sizes, dim=2)
+        h1, h2, h4 = history[:, :, :n].split(HISTORY_SIZES, dim=2)
     else:
-        h4, h2, h1 = history[:, :, -sum(sizes):].split(sizes, dim=2)
+        h4, h2, h1 = history[:, :, -n:].split(HISTORY_SIZES[::-1], dim=2)
     return h1, h2, h4
 
 

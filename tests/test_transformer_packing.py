@@ -12,14 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from framepack_native.models.transformer_embed import HistoryPatchEmbed
+from framepack_native.sections import padding_schedule, section_frame_indices
 from framepack_native.models.transformer_packing import (
     HISTORY_KERNELS,
     history_tokens,
-    inverted_paddings,
     pad_to_multiple,
     pool_rows,
     rope_table,
-    section_frame_indices,
 )
 
 
@@ -123,7 +122,7 @@ def test_section_frame_indices_partition_the_timeline(mode, window, padding, his
 
 
 @given(n=st.integers(1, 40))
-def test_inverted_paddings(n):
-    p = inverted_paddings(n)
+def test_padding_schedule(n):
+    p = padding_schedule(n)
     assert len(p) == n and p[-1] == 0 and p[0] == min(n - 1, 3)
     assert all(a >= b for a, b in zip(p, p[1:]))

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from framepack_native.models.loading import FORMAT_VERSION, MANIFEST, config_from_dict, read_json
+from framepack_native.sections import SAMPLING_TYPES
 from framepack_native.weights import CheckpointError, open_checkpoint, save_sharded, write_text_atomic
 from weights_convert.core import ConversionError, apply_step, build_plan, check_plan, find_converter, planned_shape
 
@@ -123,9 +124,6 @@ def _prepare_dst(dst, overwrite):
             raise ConversionError(f"{dst}: folder exists and is not empty (pass --overwrite to replace it)")
     dst.parent.mkdir(parents=True, exist_ok=True)
     return dst
-
-
-SAMPLING_TYPES = ("inverted_anti_drifting", "vanilla")
 
 
 def guess_sampling_type(transformer_dir):

@@ -1,4 +1,4 @@
-"""FramePack's multi-scale history packing: 3D RoPE tables, replicate padding, pooled frequencies, frame indices.
+"""FramePack's multi-scale history packing: 3D RoPE tables, replicate padding, pooled frequencies.
 
 Source: Zhang & Agrawala, "Packing Input Frame Context in Next-Frame Prediction Models for Video Generation",
 sections 3-4 (compression kernels (1,2,2), (2,4,4), (4,8,8); anti-drifting sampling, Fig. 2c); the RoPE of
@@ -9,7 +9,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-SAMPLING_TYPES = ("inverted_anti_drifting", "vanilla")
 HISTORY_KERNELS = {"1x": (1, 2, 2), "2x": (2, 4, 4), "4x": (4, 8, 8)}  # on the latent grid (t, h, w)
 HISTORY_POOL = {"1x": 1, "2x": 2, "4x": 4}  # the same kernels on the token grid (after the 2x2 patch)
 
@@ -67,39 +66,3 @@ def history_tokens(frames, height, width, scale):
     """Token count of a history of `frames` latent frames at scale "1x" | "2x" | "4x" on a (height, width) latent."""
     kt, kh, kw = HISTORY_KERNELS[scale]
     return math.ceil(frames / kt) * math.ceil(height / kh) * math.ceil(width / kw)
-
-
-def inverted_paddings(num_sections):
-    """Padding sections (in windows) of each step of inverted anti-drifting sampling, first generated first.
-
-    As FramePack's demo and diffusers' pipeline: [n-1, ..., 1, 0], or [3, 2, ..., 2, 1, 0] past 4 sections.
-    """
-    if num_sections < 1:
-        raise ValueError(f"num_sections must be >= 1, got {num_sections}")
-    if num_sections > 4:
-        return [3] + [2] * (num_sections - 3) + [1, 0]
-    return list(reversed(range(num_sections)))
-
-
-def section_frame_indices(sampling_type, latent_window_size, latent_padding_size=0, history_sizes=(1, 2, 16)):
-    """Frame indices of one section: (latents, clean, history_2x, history_4x), 1-D int64 tensors.
-
-    history_sizes = (1x, 2x, 4x) latent frames. Inverted anti-drifting lays out
-    [start image | padding | window | 1x | 2x | 4x] (the history is the future, already generated);
-    vanilla lays out [start image | 4x | 2x | 1x | window]. The clean latents are the start image + the 1x history.
-    """
-    if sampling_type not in SAMPLING_TYPES:
-        raise ValueError(f"unknown sampling type {sampling_type!r}; expected one of {SAMPLING_TYPES}")
-    if latent_window_size < 1 or latent_padding_size < 0 or len(history_sizes) != 3 or min(history_sizes) < 1:
-        raise ValueError(f"bad section layout: window {latent_window_size}, padding {latent_padding_size}, "
-                         f"history sizes {tuple(history_sizes)}")
-    n1, n2, n4 = history_sizes
-    if sampling_type == "inverted_anti_drifting":
-        sizes = [1, latent_padding_size, latent_window_size, n1, n2, n4]
-        prefix, _, latents, h1, h2, h4 = torch.arange(sum(sizes)).split(sizes)
-    else:
-        if latent_padding_size:
-            raise ValueError(f"vanilla sampling has no padding sections, got latent_padding_size={latent_padding_size}")
-        sizes = [1, n4, n2, n1, latent_window_size]
-        prefix, h4, h2, h1, latents = torch.arange(sum(sizes)).split(sizes)
-    return latents, torch.cat((prefix, h1)), h2, h4

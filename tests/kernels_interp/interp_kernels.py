@@ -155,7 +155,7 @@ def test_auto_on_cpu_stays_on_torch_in_the_interpreter():
 
 def test_transformer_triton_backend_matches_its_torch_path():
     from framepack_native.models.transformer import FramePackTransformer, FramePackTransformerConfig
-    from framepack_native.models.transformer_packing import section_frame_indices
+    from framepack_native.sections import section_frame_indices
     from tests.reference.common import perturb_
 
     # The tiny preset with head dim 64, the smallest the attention kernel takes; text lengths 7 and 3 mask keys.

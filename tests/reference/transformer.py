@@ -7,7 +7,7 @@ import safetensors.torch
 import torch
 from diffusers import HunyuanVideoFramepackTransformer3DModel
 
-from framepack_native.models.transformer_packing import section_frame_indices
+from framepack_native.sections import section_frame_indices
 from tests.reference.common import perturb_
 
 TINY = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, num_single_layers=2, num_refiner_layers=1,
