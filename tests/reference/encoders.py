@@ -76,15 +76,10 @@ def with_prefix(src, dst, prefix, extra=None):
 
 # ---- tokenizer folders -------------------------------------------------------------------------------
 
-HUNYUAN_TEMPLATE = (
-    "<|start_header_id|>system<|end_header_id|>\n\nDescribe the video by detailing the following aspects: "
-    "1. The main content and theme of the video."
-    "2. The color, shape, size, texture, quantity, text, and spatial relationships of the objects."
-    "3. Actions, events, behaviors temporal relationships, physical movement changes of the objects."
-    "4. background environment, light, style and atmosphere."
-    "5. camera angles, movements, and transitions used in the video:<|eot_id|>"
-    "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
-)
+def hunyuan_template():
+    """The prompt template as diffusers' FramePack pipeline defines it (DEFAULT_PROMPT_TEMPLATE)."""
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_framepack import DEFAULT_PROMPT_TEMPLATE
+    return DEFAULT_PROMPT_TEMPLATE["template"], DEFAULT_PROMPT_TEMPLATE["crop_start"]
 
 
 def llama3_tokenizer_json():
