@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from framepack_native.models.loading import load_pretrained
-from framepack_native.models.vae_blocks import MEMORY_FORMAT, Decoder, Encoder
+from framepack_native.models.vae_blocks import MEMORY_FORMAT, CausalConv3d, Decoder, Encoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +41,7 @@ class HunyuanVideoVAEConfig:
 
     @classmethod
     def tiny(cls):
-        """A few-thousand-parameter VAE with the real compression ratios, for CPU tests."""
+        """A 0.7M-parameter VAE with the real compression ratios and block layout, for CPU tests."""
         return cls(latent_channels=4, block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=4)
 
 
@@ -99,8 +99,8 @@ class HunyuanVideoVAE(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-        self.quant_conv = nn.Conv3d(2 * config.latent_channels, 2 * config.latent_channels, 1)
-        self.post_quant_conv = nn.Conv3d(config.latent_channels, config.latent_channels, 1)
+        self.quant_conv = CausalConv3d(2 * config.latent_channels, 2 * config.latent_channels, 1)
+        self.post_quant_conv = CausalConv3d(config.latent_channels, config.latent_channels, 1)
         self.scaling_factor = config.scaling_factor
         self.spatial_compression_ratio = config.spatial_compression_ratio
         self.temporal_compression_ratio = config.temporal_compression_ratio
