@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from framepack_native.weights import file_mode
+
 
 def to_uint8_frames(frames):
     """(F, 3, H, W) float in [0, 1] -> (F, H, W, 3) uint8 numpy, rounded as diffusers' postprocess does."""
@@ -43,6 +45,7 @@ def write_mp4(path, frames, fps=30, crf=16):
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -301,6 +301,7 @@ def write_safetensors(path, specs, fetch, metadata=None):
                     raise ValueError(f"tensor {name!r}: got {tuple(t.shape)} {t.dtype}, planned {tuple(shape)} {dtype}")
                 f.write(_tensor_bytes(t))
                 del t
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -343,6 +344,13 @@ def save_sharded(folder, specs, fetch, max_shard_bytes=5 * 1024**3, prefix="mode
     return names + [f"{prefix}.safetensors.index.json"]
 
 
+def file_mode(folder=False):
+    """The mode open() / mkdir() would give (0o666 / 0o777 less the umask); mkstemp / mkdtemp give 0o600 / 0o700."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
+
+
 def write_text_atomic(path, text):
     """Write text to path through a temporary file in the same folder."""
     path = Path(path)
@@ -350,6 +358,7 @@ def write_text_atomic(path, text):
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

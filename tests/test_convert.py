@@ -192,3 +192,15 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_output_gets_normal_permissions(tmp_path):
+    import os
+    toy_source(tmp_path / "src")
+    umask = os.umask(0o022)
+    try:
+        dst = convert(tmp_path / "src", tmp_path / "dst")
+    finally:
+        os.umask(umask)
+    assert dst.stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in dst.iterdir()} == {0o644}

@@ -34,3 +34,13 @@ def test_bad_output_leaves_nothing(tmp_path):
     with pytest.raises(ValueError, match=r"\(F, 3, H, W\)"):
         write_mp4(tmp_path / "v.mp4", torch.rand(2, 4, 16, 16))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_output_gets_normal_permissions(tmp_path):
+    import os
+    umask = os.umask(0o022)
+    try:
+        out = write_mp4(tmp_path / "v.mp4", torch.rand(2, 3, 16, 16))
+    finally:
+        os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o644

@@ -16,7 +16,8 @@ import torch
 
 from framepack_native.models.loading import FORMAT_VERSION, MANIFEST, config_from_dict, read_json
 from framepack_native.sections import SAMPLING_TYPES
-from framepack_native.weights import CheckpointError, open_checkpoint, save_sharded, write_text_atomic
+from framepack_native.weights import (CheckpointError, file_mode, open_checkpoint, save_sharded,
+                                      write_text_atomic)
 from weights_convert.core import ConversionError, apply_step, build_plan, check_plan, find_converter, planned_shape
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -151,6 +152,7 @@ def convert(src, dst, dtype=torch.float32, *, transformer=None, image_encoder=No
     single = not (src / "model_index.json").is_file() and not transformer and not image_encoder
     tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial"))
     try:
+        tmp.chmod(file_mode(folder=True))
         manifest = {"format": "framepack_native", "format_version": FORMAT_VERSION, "components": {}, "aux": {},
                     "sampling_type": None}
         for folder in models:
