@@ -132,7 +132,7 @@ def build_llama_tokenizer(path, bos="post_processor", pad_token="<pad>", padding
 
 def clip_bpe_vocab():
     """(vocab dict, merges list) of OpenAI CLIP's BPE (open-clip-torch's bpe_simple_vocab_16e6.txt.gz),
-    built the way CLIP's SimpleTokenizer builds it. None when open-clip-torch is not installed.
+    built the way CLIP's SimpleTokenizer builds it. open-clip-torch is a test requirement (see README).
 
     open_clip is located, not imported: importing it needs torchvision.
     """
@@ -140,7 +140,7 @@ def clip_bpe_vocab():
     import importlib.util
     spec = importlib.util.find_spec("open_clip")
     if spec is None:
-        return None
+        raise RuntimeError("the tests need OpenAI's CLIP vocabulary: pip install --no-deps open-clip-torch==3.3.0")
     gz = Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
     merges = gzip.open(gz).read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in merges[1:49152 - 256 - 2 + 1]]
