@@ -29,11 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.reference.vae import VAE_REAL, VAE_TINY  # noqa: E402
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-CONFIGS = {
-    "real": dict(latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32),
-    "tiny": dict(latent_channels=4, block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=4),
-}
+CONFIGS = {"real": VAE_REAL, "tiny": VAE_TINY}
 
 
 def latents(args, config):

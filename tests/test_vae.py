@@ -1,6 +1,7 @@
 """HunyuanVideoVAE vs diffusers' AutoencoderKLHunyuanVideo: random perturbed weights saved with save_pretrained,
 converted by weights_convert, loaded by from_pretrained; float32 on the CPU, relative L2 error < 1e-4.
 """
+import contextlib
 import copy
 
 import pytest
@@ -31,6 +32,24 @@ def tiny(reference_store, tmp_path_factory):
     dst = tmp_path_factory.mktemp("vae_tiny") / "native"
     weights_convert.convert(src, dst)
     return load_reference(src), dst
+
+
+TILE_ATTRS = ("use_tiling", "tile_sample_min_height", "tile_sample_min_width", "tile_sample_min_num_frames",
+              "tile_sample_stride_height", "tile_sample_stride_width", "tile_sample_stride_num_frames")
+
+
+@contextlib.contextmanager
+def tiling(ref, model, settings):
+    """enable_tiling(**settings) on both; the shared reference gets its previous settings back afterwards."""
+    saved = {k: getattr(ref, k) for k in TILE_ATTRS}
+    if settings:
+        ref.enable_tiling(**settings)
+        model.enable_tiling(**settings)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(ref, k, v)
 
 
 def ours(folder, dtype=torch.float32):
@@ -93,14 +112,9 @@ def test_tiled_decode_matches_diffusers(tiny):
     ref, folder = tiny
     model = ours(folder)
     z = latents(2, 4, 2, 6, 8, seed=4)  # 48 x 64 pixels: 2 x 2 tiles, the last row and column ragged
-    ref.enable_tiling(**TILES)
-    model.enable_tiling(**TILES)
-    try:
-        with torch.no_grad():
-            expected = ref.decode(z).sample
-    finally:
-        ref.disable_tiling()
-    out = model.decode(z)
+    with tiling(ref, model, TILES), torch.no_grad():
+        expected = ref.decode(z).sample
+        out = model.decode(z)
     assert rel_l2(out, expected) < TOL
     model.disable_tiling()
     assert rel_l2(model.decode(z), expected) > 1e-3  # the tiles really were blended, not decoded whole
@@ -110,35 +124,23 @@ def test_tiled_encode_matches_diffusers(tiny):
     ref, folder = tiny
     model = ours(folder)
     x = video(1, 3, 5, 48, 64, seed=5)
-    ref.enable_tiling(**TILES)
-    model.enable_tiling(**TILES)
-    try:
-        with torch.no_grad():
-            expected = ref.encode(x).latent_dist
-    finally:
-        ref.disable_tiling()
-    post = model.encode(x)
+    with tiling(ref, model, TILES), torch.no_grad():
+        expected = ref.encode(x).latent_dist
+        post = model.encode(x)
     assert rel_l2(post.mean, expected.mean) < TOL
     assert rel_l2(post.logvar, expected.logvar) < TOL
 
 
-@pytest.mark.parametrize("tiling", [None, dict(TILES, tile_sample_min_num_frames=12, tile_sample_stride_num_frames=8)])
-def test_framewise_decode_matches_diffusers(tiny, tiling):
+@pytest.mark.parametrize("settings", [None, dict(TILES, tile_sample_min_num_frames=12, tile_sample_stride_num_frames=8)])
+def test_framewise_decode_matches_diffusers(tiny, settings):
     """> 4 latent frames go through diffusers' default frame-wise decode (16/12 sample frames), or the
     frame tiles set by enable_tiling combined with spatial tiles."""
     ref, folder = tiny
     model = ours(folder)
     z = latents(1, 4, 6, 5, 7, seed=6)
-    if tiling:
-        ref.enable_tiling(**tiling)
-        model.enable_tiling(**tiling)
-    try:
-        with torch.no_grad():
-            expected = ref.decode(z).sample
-    finally:
-        ref.disable_tiling()
-        ref.tile_sample_min_num_frames, ref.tile_sample_stride_num_frames = 16, 12
-    out = model.decode(z)
+    with tiling(ref, model, settings), torch.no_grad():
+        expected = ref.decode(z).sample
+        out = model.decode(z)
     assert out.shape == (1, 3, 21, 40, 56)
     assert rel_l2(out, expected) < TOL
     model.use_framewise_decoding = False
@@ -146,20 +148,14 @@ def test_framewise_decode_matches_diffusers(tiny, tiling):
     assert rel_l2(model.decode(z), expected) > 1e-3  # frame-wise decoding changes the result
 
 
-@pytest.mark.parametrize("tiling", [None, TILES])
-def test_framewise_encode_matches_diffusers(tiny, tiling):
+@pytest.mark.parametrize("settings", [None, TILES])
+def test_framewise_encode_matches_diffusers(tiny, settings):
     ref, folder = tiny
     model = ours(folder)
     x = video(2, 3, 29, 40, 56, seed=7)  # > 16 frames
-    if tiling:
-        ref.enable_tiling(**tiling)
-        model.enable_tiling(**tiling)
-    try:
-        with torch.no_grad():
-            expected = ref.encode(x).latent_dist
-    finally:
-        ref.disable_tiling()
-    post = model.encode(x)
+    with tiling(ref, model, settings), torch.no_grad():
+        expected = ref.encode(x).latent_dist
+        post = model.encode(x)
     assert post.mean.shape == (2, 4, 8, 5, 7)
     assert rel_l2(post.mean, expected.mean) < TOL
     assert rel_l2(post.logvar, expected.logvar) < TOL
