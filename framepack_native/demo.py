@@ -45,7 +45,7 @@ def demo_image(height=256, width=384):
 
 
 def _byte_vocab():
-    return {c: i for i, c in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    return {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}  # a set: fix the order
 
 
 def demo_tokenizers():

@@ -13,6 +13,7 @@ from framepack_native.image import SiglipProcessorConfig, siglip_pixels, vae_pix
 from framepack_native.models import (CLIPTextEncoder, FramePackTransformer, HunyuanVideoVAE, LlamaTextEncoder,
                                      SiglipVisionEncoder)
 from framepack_native.models.loading import MANIFEST, read_json
+from framepack_native.offload import on_device, streamed_blocks
 from framepack_native.prompt import encode_prompt
 from framepack_native.sampling import FlowMatchConfig, flow_sigmas, sample_euler, sample_unipc, shift_mu
 from framepack_native.sections import (HISTORY_SIZES, SAMPLING_TYPES, num_sections, padding_schedule, section_frame_indices,
@@ -57,7 +58,8 @@ class FramePackPipeline:
     def from_pretrained(cls, native_dir, dtype=torch.bfloat16, device="cuda", offload=False):
         """Load every component of a folder written by `python -m weights_convert`.
 
-        offload=True keeps the weights on the CPU and moves each component to `device` only while it works.
+        offload=True keeps the weights on the CPU and moves each component to `device` only while it works,
+        the transformer one block at a time (framepack_native.offload), so the 13B model runs on a 24 GB GPU.
         """
         root = Path(native_dir)
         manifest = read_json(root / MANIFEST)
@@ -84,20 +86,8 @@ class FramePackPipeline:
             scheduler=FlowMatchConfig.from_file(root / "scheduler" / "scheduler_config.json"),
             sampling_type=manifest.get("sampling_type") or "inverted_anti_drifting", device=device, offload=offload)
 
-    @contextlib.contextmanager
-    def _on_device(self, *modules):
-        """Modules on the compute device for the duration of the block; back to the CPU after, with offload."""
-        if self.offload:
-            for m in modules:
-                m.to(self.device)
-        try:
-            yield
-        finally:
-            if self.offload:
-                for m in modules:
-                    m.to("cpu")
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+    def _on_device(self, module):
+        return on_device(module, self.device, self.offload)
 
     def _check(self, prompt, last_image, height, width, num_frames, latent_window_size, num_inference_steps,
                sampling_type, sampler):
@@ -120,7 +110,7 @@ class FramePackPipeline:
                              "forward from the first image and cannot aim at a last one)")
 
     def _encode_text(self, prompts, dtype):
-        with self._on_device(self.text_encoder, self.text_encoder_2):
+        with self._on_device(self.text_encoder), self._on_device(self.text_encoder_2):
             embeds, mask, pooled = encode_prompt(prompts, self.tokenizer, self.text_encoder, self.tokenizer_2,
                                                  self.text_encoder_2)
         return embeds.to(self.device, dtype), mask.to(self.device), pooled.to(self.device, dtype)
@@ -214,7 +204,7 @@ class FramePackPipeline:
             noise = randn((B, cfg.in_channels, latent_window_size, h, w), generator, device)
             sigmas = flow_sigmas(num_inference_steps, self.scheduler,
                                  mu=shift_mu(latent_window_size * h * w / cfg.patch_size**2, self.scheduler))
-            with self._on_device(self.transformer):
+            with streamed_blocks(self.transformer, device) if self.offload else contextlib.nullcontext():
                 if sampler == "euler":
                     latents = sample_euler(velocity, noise, sigmas.to(device), callback=on_step)
                 else:
