@@ -3,6 +3,7 @@
 Bad input ends with one line on stderr and exit code 2, no traceback and no output file.
 """
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ class Parser(argparse.ArgumentParser):
 
 def _check_args(args):
     """Cheap checks before any model loads: sizes, modes, files, the output folder."""
+    import torch
+
     from framepack_native.image import load_image
     from framepack_native.pipeline import SAMPLERS
     from framepack_native.sections import SAMPLING_TYPES
@@ -34,6 +37,14 @@ def _check_args(args):
         raise UsageError(f"--sampler {args.sampler!r}: expected one of {', '.join(SAMPLERS)}")
     if args.last_image and args.sampling == "vanilla":
         raise UsageError("--last-image needs --sampling inverted_anti_drifting")
+    if args.num_frames is None and not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise UsageError(f"--seconds must be a positive number, got {args.seconds}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UsageError(f"--device {args.device!r}: not a device (cuda, cuda:1, cpu, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available here (use --device cpu)")
     frames = args.num_frames if args.num_frames is not None else round(args.seconds * FPS)
     if frames < 1:
         raise UsageError(f"the video needs at least 1 frame, got {frames} (--seconds / --num-frames)")

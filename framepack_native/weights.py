@@ -64,9 +64,9 @@ def read_header(path):
             dtype_name, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
         except (TypeError, KeyError, ValueError):
             raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry") from None
-        if dtype_name not in DTYPES:
+        if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
             raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype_name!r}, which is not supported")
-        if not all(isinstance(d, int) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise CheckpointError(f"{path}: tensor {name!r} has an invalid shape {shape}")
         if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
             raise CheckpointError(f"{path}: tensor {name!r} has invalid data offsets {[start, end]}")
@@ -187,6 +187,8 @@ def checkpoint_files(path):
     if indexes:
         try:
             weight_map = json.loads(indexes[0].read_text())["weight_map"]
+            if not all(isinstance(v, str) for v in weight_map.values()):
+                raise TypeError("weight_map values must be file names")
             shards = sorted(set(weight_map.values()))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{indexes[0]}: damaged index file ({e})") from None

@@ -58,6 +58,8 @@ BAD = {
     "missing_model": (["--model", "MISSING"], "no such folder"),
     "incomplete_model": (["--model", "EMPTYDIR"], "manifest.json: missing"),
     "unwritable_output": (["--out", "NOFOLDER"], "does not exist or is not writable"),
+    "infinite_seconds": (["--seconds", "inf"], "--seconds must be a positive number"),
+    "bad_device": (["--device", "toaster"], "--device 'toaster': not a device"),
 }
 
 

@@ -204,3 +204,15 @@ def test_output_gets_normal_permissions(tmp_path):
         os.umask(umask)
     assert dst.stat().st_mode & 0o777 == 0o755
     assert {p.stat().st_mode & 0o777 for p in dst.iterdir()} == {0o644}
+
+
+def test_destination_inside_its_source_refused_and_stale_old_folder_cleared(tmp_path):
+    toy_source(tmp_path / "src")
+    for dst in (tmp_path / "src", tmp_path):
+        with pytest.raises(ConversionError, match="would overwrite its own source"):
+            convert(tmp_path / "src", dst, overwrite=True)
+    assert (tmp_path / "src" / "config.json").is_file()
+    convert(tmp_path / "src", tmp_path / "dst")
+    (tmp_path / ".dst.old" / "leftover").mkdir(parents=True)  # an interrupted --overwrite
+    convert(tmp_path / "src", tmp_path / "dst", overwrite=True)
+    assert not (tmp_path / ".dst.old").exists() and (tmp_path / "dst" / "manifest.json").is_file()

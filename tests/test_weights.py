@@ -160,6 +160,8 @@ def _write_raw(path, header_bytes, data=b"", length=None):
     ("overlap", "overlap"),
     ("negative_offsets", "invalid data offsets"),
     ("malformed_entry", "malformed header entry"),
+    ("shape_not_list", "invalid shape"),
+    ("dtype_not_str", "is not supported"),
 ])
 def test_damaged_files_refused_naming_the_file(tmp_path, case, message):
     path = tmp_path / f"{case}.safetensors"
@@ -188,6 +190,10 @@ def test_damaged_files_refused_naming_the_file(tmp_path, case, message):
         _write_raw(path, json.dumps({"a": {**ok, "data_offsets": [-4, 20]}}).encode(), data)
     elif case == "malformed_entry":
         _write_raw(path, json.dumps({"a": {"dtype": "F32"}}).encode(), data)
+    elif case == "shape_not_list":
+        _write_raw(path, json.dumps({"a": {**ok, "shape": 6}}).encode(), data)
+    elif case == "dtype_not_str":
+        _write_raw(path, json.dumps({"a": {**ok, "dtype": ["F32"]}}).encode(), data)
     with pytest.raises(CheckpointError) as err:
         open_checkpoint(path)
     assert str(path) in str(err.value)
@@ -221,6 +227,9 @@ def test_index_pointing_to_missing_shard_or_outside(tmp_path):
         open_checkpoint(tmp_path)
     (tmp_path / "m.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "../x.safetensors"}}))
     with pytest.raises(CheckpointError, match="points outside the folder"):
+        open_checkpoint(tmp_path)
+    (tmp_path / "m.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": 5}}))
+    with pytest.raises(CheckpointError, match="damaged index file"):
         open_checkpoint(tmp_path)
     (tmp_path / "m.safetensors.index.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="damaged index file"):

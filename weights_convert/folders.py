@@ -121,6 +121,9 @@ def _prepare_dst(dst, overwrite):
     if dst.exists():
         if not dst.is_dir():
             raise ConversionError(f"{dst}: exists and is not a folder")
+        stale = dst.with_name(f".{dst.name}.old")
+        if overwrite and stale.exists():  # left by an interrupted --overwrite
+            shutil.rmtree(stale)
         if any(dst.iterdir()) and not overwrite:
             raise ConversionError(f"{dst}: folder exists and is not empty (pass --overwrite to replace it)")
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +146,9 @@ def convert(src, dst, dtype=torch.float32, *, transformer=None, image_encoder=No
     """
     if sampling_type is not None and sampling_type not in SAMPLING_TYPES:
         raise ConversionError(f"unknown sampling type {sampling_type!r}; expected one of {SAMPLING_TYPES}")
+    for source in (src, transformer, image_encoder):
+        if source is not None and Path(dst).resolve() in (Path(source).resolve(), *Path(source).resolve().parents):
+            raise ConversionError(f"{dst}: would overwrite its own source {source}")
     src, dst = Path(src), _prepare_dst(dst, overwrite)
     if not src.is_dir():
         raise ConversionError(f"{src}: no such folder")
