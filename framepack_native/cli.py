@@ -26,17 +26,8 @@ def _check_args(args):
     import torch
 
     from framepack_native.image import load_image
-    from framepack_native.pipeline import SAMPLERS
-    from framepack_native.sections import SAMPLING_TYPES
+    from framepack_native.pipeline import check_arguments
 
-    if args.height % 16 or args.width % 16 or args.height < 16 or args.width < 16:
-        raise UsageError(f"--height and --width must be positive multiples of 16, got {args.height} x {args.width}")
-    if args.sampling is not None and args.sampling not in SAMPLING_TYPES:
-        raise UsageError(f"--sampling {args.sampling!r}: expected one of {', '.join(SAMPLING_TYPES)}")
-    if args.sampler not in SAMPLERS:
-        raise UsageError(f"--sampler {args.sampler!r}: expected one of {', '.join(SAMPLERS)}")
-    if args.last_image and args.sampling == "vanilla":
-        raise UsageError("--last-image needs --sampling inverted_anti_drifting")
     if args.num_frames is None and not (math.isfinite(args.seconds) and args.seconds > 0):
         raise UsageError(f"--seconds must be a positive number, got {args.seconds}")
     try:
@@ -46,10 +37,11 @@ def _check_args(args):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available here (use --device cpu)")
     frames = args.num_frames if args.num_frames is not None else round(args.seconds * FPS)
-    if frames < 1:
-        raise UsageError(f"the video needs at least 1 frame, got {frames} (--seconds / --num-frames)")
-    if args.steps < 1 or args.window < 1:
-        raise UsageError(f"--steps ({args.steps}) and --window ({args.window}) must be >= 1")
+    try:  # the pipeline's own checks; the model's default sampling is only known once it loads
+        check_arguments("", args.last_image, args.height, args.width, frames, args.window, args.steps,
+                        args.sampling or "inverted_anti_drifting", args.sampler)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     out = Path(args.out)
     if out.is_dir():
         raise UsageError(f"--out {out}: is a folder")

@@ -13,6 +13,7 @@ from framepack_native.image import SiglipProcessorConfig, siglip_pixels, vae_pix
 from framepack_native.models import (CLIPTextEncoder, FramePackTransformer, HunyuanVideoVAE, LlamaTextEncoder,
                                      SiglipVisionEncoder)
 from framepack_native.models.loading import MANIFEST, read_json
+from framepack_native.noise import randn
 from framepack_native.offload import on_device, streamed_blocks
 from framepack_native.prompt import encode_prompt
 from framepack_native.sampling import FlowMatchConfig, flow_sigmas, sample_euler, sample_unipc, shift_mu
@@ -24,12 +25,6 @@ from framepack_native.weights import CheckpointError
 SAMPLERS = ("euler", "unipc")
 
 
-def randn(shape, generator, device):
-    """Float32 normal noise drawn on the generator's device and moved (diffusers' randn_tensor order)."""
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device)
-
-
 def rescale_guidance(pred, pred_pos, rescale):
     """Guidance rescale (Lin et al. 2023, Sec. 3.4): match the std of the guided prediction to the positive one."""
     if rescale == 0:
@@ -37,6 +32,29 @@ def rescale_guidance(pred, pred_pos, rescale):
     dims = list(range(1, pred.ndim))
     rescaled = pred * (pred_pos.std(dim=dims, keepdim=True) / pred.std(dim=dims, keepdim=True))
     return rescale * rescaled + (1 - rescale) * pred
+
+
+def check_arguments(prompt, last_image, height, width, num_frames, latent_window_size, num_inference_steps,
+                    sampling_type, sampler):
+    """Raise ValueError naming the culprit for generation arguments the pipeline cannot run (also used by the
+    CLI before any model loads)."""
+    if not isinstance(prompt, str) and not (isinstance(prompt, (list, tuple)) and prompt
+                                            and all(isinstance(p, str) for p in prompt)):
+        raise ValueError(f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}")
+    if height % 16 or width % 16 or height < 16 or width < 16:
+        raise ValueError(f"height and width must be positive multiples of 16, got {height} x {width}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if latent_window_size < 1 or num_inference_steps < 1:
+        raise ValueError(f"latent_window_size ({latent_window_size}) and num_inference_steps "
+                         f"({num_inference_steps}) must be >= 1")
+    if sampling_type not in SAMPLING_TYPES:
+        raise ValueError(f"unknown sampling type {sampling_type!r}; expected one of {SAMPLING_TYPES}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+    if last_image is not None and sampling_type != "inverted_anti_drifting":
+        raise ValueError("last_image needs sampling_type='inverted_anti_drifting' (vanilla sampling walks "
+                         "forward from the first image and cannot aim at a last one)")
 
 
 class FramePackPipeline:
@@ -89,26 +107,6 @@ class FramePackPipeline:
     def _on_device(self, module):
         return on_device(module, self.device, self.offload)
 
-    def _check(self, prompt, last_image, height, width, num_frames, latent_window_size, num_inference_steps,
-               sampling_type, sampler):
-        if not isinstance(prompt, str) and not (isinstance(prompt, (list, tuple)) and prompt
-                                                and all(isinstance(p, str) for p in prompt)):
-            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}")
-        if height % 16 or width % 16 or height < 16 or width < 16:
-            raise ValueError(f"height and width must be positive multiples of 16, got {height} x {width}")
-        if num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-        if latent_window_size < 1 or num_inference_steps < 1:
-            raise ValueError(f"latent_window_size ({latent_window_size}) and num_inference_steps "
-                             f"({num_inference_steps}) must be >= 1")
-        if sampling_type not in SAMPLING_TYPES:
-            raise ValueError(f"unknown sampling type {sampling_type!r}; expected one of {SAMPLING_TYPES}")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
-        if last_image is not None and sampling_type != "inverted_anti_drifting":
-            raise ValueError("last_image needs sampling_type='inverted_anti_drifting' (vanilla sampling walks "
-                             "forward from the first image and cannot aim at a last one)")
-
     def _encode_text(self, prompts, dtype):
         with self._on_device(self.text_encoder), self._on_device(self.text_encoder_2):
             embeds, mask, pooled = encode_prompt(prompts, self.tokenizer, self.text_encoder, self.tokenizer_2,
@@ -144,8 +142,8 @@ class FramePackPipeline:
         callback(event): event["kind"] "step" (section, step, latents) or "section" (section, frames so far).
         """
         sampling_type = sampling_type or self.sampling_type
-        self._check(prompt, last_image, height, width, num_frames, latent_window_size, num_inference_steps,
-                    sampling_type, sampler)
+        check_arguments(prompt, last_image, height, width, num_frames, latent_window_size, num_inference_steps,
+                        sampling_type, sampler)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         B, dtype, device = len(prompts), self.transformer_dtype, self.device
         cfg = self.transformer.config

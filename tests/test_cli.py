@@ -49,10 +49,11 @@ def test_generate_from_converted_model(model_dir, image_file, tmp_path):
 
 BAD = {
     "size_not_16": (["--height", "40"], "multiples of 16"),
-    "unknown_sampling": (["--sampling", "sideways"], "--sampling 'sideways'"),
-    "unknown_sampler": (["--sampler", "ddim"], "--sampler 'ddim'"),
-    "last_image_vanilla": (["--sampling", "vanilla", "--last-image", "IMAGE"], "--last-image needs"),
-    "zero_frames": (["--num-frames", "0"], "at least 1 frame"),
+    "unknown_sampling": (["--sampling", "sideways"], "unknown sampling type 'sideways'"),
+    "unknown_sampler": (["--sampler", "ddim"], "unknown sampler 'ddim'"),
+    "last_image_vanilla": (["--sampling", "vanilla", "--last-image", "IMAGE"], "last_image needs sampling_type"),
+    "zero_frames": (["--num-frames", "0"], "num_frames must be >= 1"),
+    "zero_steps": (["--steps", "0"], "must be >= 1"),
     "unreadable_image": (["--image", "NOTIMAGE"], "cannot read image"),
     "missing_image": (["--image", "MISSING"], "cannot read image"),
     "missing_model": (["--model", "MISSING"], "no such folder"),
@@ -94,5 +95,5 @@ def test_no_traceback_in_a_real_process(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "framepack_native.cli", "generate", "--demo", "--height", "40",
                            "--out", str(tmp_path / "x.mp4")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: --height and --width must be positive multiples of 16, "
+    assert proc.stderr.strip().splitlines() == ["error: height and width must be positive multiples of 16, "
                                                 "got 40 x 96"]

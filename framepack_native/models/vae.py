@@ -9,6 +9,7 @@ from torch import nn
 
 from framepack_native.models.loading import load_pretrained
 from framepack_native.models.vae_blocks import MEMORY_FORMAT, CausalConv3d, Decoder, Encoder
+from framepack_native.noise import randn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,16 +58,7 @@ class GaussianPosterior:
 
     def sample(self, generator=None):
         """mean + std * noise; noise drawn in the moments' dtype, on the generator's device (CPU -> moved)."""
-        device, dtype, shape = self.moments.device, self.moments.dtype, self.mean.shape
-        gens = generator if isinstance(generator, list) else [generator]
-        rand_device = "cpu" if gens[0] is not None and gens[0].device.type == "cpu" else device
-        if len(gens) > 1:  # one generator per batch element
-            if len(gens) != shape[0]:
-                raise ValueError(f"{len(gens)} generators for a batch of {shape[0]}")
-            noise = torch.cat([torch.randn((1, *shape[1:]), generator=g, device=rand_device, dtype=dtype)
-                               for g in gens]).to(device)
-        else:
-            noise = torch.randn(shape, generator=gens[0], device=rand_device, dtype=dtype).to(device)
+        noise = randn(self.mean.shape, generator, self.moments.device, self.moments.dtype)
         return self.mean + self.std * noise
 
     def mode(self):
