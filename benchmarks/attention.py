@@ -5,8 +5,9 @@
     python benchmarks/attention.py --device cpu --lengths 1024   # no Triton on the CPU: dispatcher vs plain SDPA
 
 Alternating calls, median of --runs samples (each the mean of --inner calls). TFLOP/s = 4 B N Lq Lk Dh / t.
-"+mask" runs pass a (B, Lk) key mask whose last --pad keys are False (padded text tokens); the kernel's goal
-is <= 3% over its unmasked call. SDPA runs on (B, N, L, Dh) transposed views, as the torch path does.
+The last --pad keys are padding (batched text): "+lens" passes their valid lengths (kv_lens, the transformer's
+form; the goal is <= 3% over the unpadded call), "+mask" a (B, Lk) bool key mask, as SDPA takes it.
+SDPA runs on (B, N, L, Dh) transposed views, as the torch path does.
 """
 import argparse
 import contextlib
@@ -44,13 +45,35 @@ def timer(device):
     return run
 
 
-def median_times(fns, device, runs, inner):
-    """{name: median seconds per call}; every fn warmed up first (autotuning, compilation), then alternated."""
+def median_times(fns, device, runs, inner, graph=False):
+    """{name: median seconds per call}; every fn warmed up first (autotuning, compilation), then alternated.
+
+    graph=True (CUDA): each fn's `inner` calls are captured once in a CUDA graph and the replays are timed, so
+    the figure is GPU time alone, without the host's launch overhead (METHOD: many small launches).
+    """
     run = timer(device)
     for fn in fns.values():
         fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
+    if graph and device.type == "cuda":
+        graphs = {}
+        for name, fn in fns.items():
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                fn()  # a warm-up on a side stream, as torch.cuda.graphs asks before capture
+            torch.cuda.current_stream().wait_stream(stream)
+            graphs[name] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graphs[name]):
+                for _ in range(inner):
+                    fn()
+        fns, inner_calls = {name: g.replay for name, g in graphs.items()}, inner
+        samples = {name: [] for name in fns}
+        for _ in range(runs):
+            for name, fn in fns.items():
+                samples[name].append(run(fn, 1) / inner_calls)
+        return {name: statistics.median(t) for name, t in samples.items()}
     samples = {name: [] for name in fns}
     for _ in range(runs):
         for name, fn in fns.items():
@@ -76,8 +99,10 @@ def sdpa(backend, q, k, v, mask=None):
 def candidates(q, k, v, mask, device):
     """The implementations to time, by name; ours is kernels.attention with the backend the device allows."""
     ours = "triton" if device.type == "cuda" else "torch"
+    lens = mask.sum(dim=1, dtype=torch.int32)  # (B,): the mask is a valid prefix
     fns = {
         f"ours ({ours})": lambda: kernels.attention(q, k, v, backend=ours),
+        f"ours ({ours}) +lens": lambda: kernels.attention(q, k, v, kv_lens=lens, backend=ours),
         f"ours ({ours}) +mask": lambda: kernels.attention(q, k, v, kv_mask=mask, backend=ours),
     }
     backends = ("flash", "cudnn", "efficient") if device.type == "cuda" else (None,)
@@ -117,9 +142,9 @@ def bench(lengths, heads=24, head_dim=128, batch=1, dtype=torch.bfloat16, device
                 rows.append(row)
                 print(f"  {name:>26}: {t * 1e3:9.3f} ms  {row['tflops']:7.3g} TFLOP/s  "
                       f"time / ours {row['time_over_ours']:.2f}")
-            masked = [n for n in med if n.startswith("ours") and n.endswith("+mask")]
-            if masked:
-                print(f"  padded-key overhead of ours: {100 * (med[masked[0]] / med[ours_name] - 1):+.1f}%")
+            for form in ("+lens", "+mask"):
+                name = f"{ours_name} {form}"
+                print(f"  padded keys, ours {form}: {100 * (med[name] / med[ours_name] - 1):+.1f}% over unpadded")
             del q, k, v
     return rows
 

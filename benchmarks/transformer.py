@@ -37,7 +37,11 @@ def make_inputs(args, device, dtype):
     B, T, H, W = args.batch, args.window, args.height, args.width
     lat, clean, h2, h4 = section_frame_indices("inverted_anti_drifting", T, T)
     mask = torch.zeros(B, args.text_len, dtype=torch.long)
-    mask[:, :args.text_valid] = 1
+    valid = (args.text_valid * B)[:B] if len(args.text_valid) == 1 else args.text_valid
+    if len(valid) != B:
+        raise SystemExit(f"--text-valid takes 1 or --batch ({B}) values, got {len(valid)}")
+    for b, n in enumerate(valid):
+        mask[b, :n] = 1
 
     def rand(*shape):
         return torch.randn(*shape, generator=g).to(device, dtype)
@@ -63,7 +67,57 @@ def timed(fn, device):
     return time.perf_counter() - start, out
 
 
-def main():
+def image_tokens(args):
+    """Tokens of the noisy window plus the 1x (2 frames), 2x (2 -> 1) and 4x (16 -> 4) history after patchify."""
+    H, W = args.height, args.width
+    return args.window * H * W // 4 + 2 * H * W // 4 + -(-H // 4) * -(-W // 4) + 4 * -(-H // 8) * -(-W // 8)
+
+
+def compare(args, backends=("auto",)):
+    """Builds diffusers' model and ours with the same weights; times diffusers and ours with each kernel backend,
+    alternating, args.runs times after one warm-up. Returns {"ms": {name: median}, "min_ms", "err": {name: rel. L2}}.
+    """
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    config = {**CONFIGS[args.config], **COMMON}
+    if args.blocks:
+        config.update(num_layers=args.blocks[0], num_single_layers=args.blocks[1])
+    torch.manual_seed(0)
+    with torch.device(device):
+        ref = HunyuanVideoFramepackTransformer3DModel(**config).to(dtype).eval()
+    fields, state = convert_state(CONVERTER, ref.state_dict(), dict(ref.config))
+    with torch.device("meta"):
+        ours = FramePackTransformer(config_from_dict(FramePackTransformerConfig, fields))
+    ours.load_state_dict(state, strict=True, assign=True)
+    ours.eval()
+    inputs = make_inputs(args, device, dtype)
+
+    def ours_with(backend):
+        def run():
+            ours.kernel_backend = backend
+            return ours(**inputs)
+        return run
+
+    run = {"diffusers": lambda: ref(**inputs, return_dict=False)[0]}
+    run.update({f"ours ({b})": ours_with(b) for b in backends})
+    times = {name: [] for name in run}
+    with torch.inference_mode():
+        outs = {name: fn() for name, fn in run.items()}  # warm-up (and autotuning)
+        for _ in range(args.runs):
+            for name, fn in run.items():
+                times[name].append(timed(fn, device)[0])
+    expected = outs["diffusers"].double()
+    return dict(
+        config=config, tokens=image_tokens(args),
+        ms={name: statistics.median(t) * 1e3 for name, t in times.items()},
+        min_ms={name: min(t) * 1e3 for name, t in times.items()},
+        runs_ms={name: [round(x * 1e3, 2) for x in t] for name, t in times.items()},
+        err={name: ((o.double() - expected).norm() / expected.norm()).item() for name, o in outs.items()},
+    )
+
+
+def parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=DTYPES, default="fp32")
@@ -74,51 +128,35 @@ def main():
     p.add_argument("--width", type=int, default=32, help="latent width")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--text-len", type=int, default=256, help="text tokens as passed (the pipeline pads to 256)")
-    p.add_argument("--text-valid", type=int, default=64, help="valid text tokens (mask 1)")
+    p.add_argument("--text-valid", type=int, nargs="+", default=[64],
+                   help="valid text tokens (mask 1): one value for every prompt, or one per batch entry")
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--backend", default="auto", help="our kernel backend")
+    p.add_argument("--backend", nargs="+", default=["auto"], help="our kernel backend(s), each timed")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 gives stable figures on a shared CPU)")
-    args = p.parse_args()
+    return p
+
+
+def main():
+    args = parser().parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from diffusers import HunyuanVideoFramepackTransformer3DModel
-
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    config = {**CONFIGS[args.config], **COMMON}
-    if args.blocks:
-        config.update(num_layers=args.blocks[0], num_single_layers=args.blocks[1])
-    torch.manual_seed(0)
-    ref = HunyuanVideoFramepackTransformer3DModel(**config).to(device, dtype).eval()
-    fields, state = convert_state(CONVERTER, ref.state_dict(), dict(ref.config))
-    with torch.device("meta"):
-        ours = FramePackTransformer(config_from_dict(FramePackTransformerConfig, fields))
-    ours.load_state_dict(state, strict=True, assign=True)
-    ours.eval().kernel_backend = args.backend
-    inputs = make_inputs(args, device, dtype)
-
-    run = {"diffusers": lambda: ref(**inputs, return_dict=False)[0], "ours": lambda: ours(**inputs)}
-    times = {name: [] for name in run}
-    with torch.inference_mode():
-        outs = {name: fn() for name, fn in run.items()}  # warm-up
-        for _ in range(args.runs):
-            for name, fn in run.items():
-                times[name].append(timed(fn, device)[0])
-    err = ((outs["ours"].double() - outs["diffusers"].double()).norm() / outs["diffusers"].double().norm()).item()
-    med = {name: statistics.median(t) for name, t in times.items()}
-    n_img = args.window * args.height * args.width // 4 + 2 * args.height * args.width // 4 + \
-        -(-args.height // 4) * -(-args.width // 4) + 4 * -(-args.height // 8) * -(-args.width // 8)
+    result = compare(args, args.backend)
+    config, device = result["config"], torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device {name} | torch {torch.__version__} | dtype {args.dtype} | backend {args.backend}")
+    print(f"device {name} | torch {torch.__version__} | dtype {args.dtype}")
     print(f"config {args.config}: {config['num_attention_heads']} heads x {config['attention_head_dim']}, "
           f"{config['num_layers']} dual + {config['num_single_layers']} single, 2 refiner layers")
     print(f"inputs: batch {args.batch}, window {args.window}x{args.height}x{args.width} latents + history "
-          f"(1x 2, 2x 2, 4x 16 frames) = {n_img} image tokens, 729 SigLIP tokens, text {args.text_valid} valid "
-          f"of {args.text_len}")
-    for name, t in times.items():
-        print(f"{name:>9}: median {med[name] * 1e3:9.1f} ms   min {min(t) * 1e3:9.1f} ms   "
-              f"runs {' '.join(f'{x * 1e3:.0f}' for x in t)}")
-    print(f"ratio diffusers / ours: {med['diffusers'] / med['ours']:.2f}x median, "
-          f"{min(times['diffusers']) / min(times['ours']):.2f}x min   (rel. L2 between outputs {err:.1e})")
+          f"(1x 2, 2x 2, 4x 16 frames) = {result['tokens']} image tokens, 729 SigLIP tokens, text "
+          f"{'/'.join(map(str, args.text_valid))} valid of {args.text_len}")
+    for name, ms in result["ms"].items():
+        print(f"{name:>16}: median {ms:9.1f} ms   min {result['min_ms'][name]:9.1f} ms   "
+              f"runs {' '.join(f'{x:.0f}' for x in result['runs_ms'][name])}   rel. L2 vs diffusers "
+              f"{result['err'][name]:.1e}")
+    for name in result["ms"]:
+        if name != "diffusers":
+            print(f"ratio diffusers / {name}: {result['ms']['diffusers'] / result['ms'][name]:.2f}x median, "
+                  f"{result['min_ms']['diffusers'] / result['min_ms'][name]:.2f}x min")
 
 
 if __name__ == "__main__":

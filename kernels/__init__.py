@@ -2,8 +2,9 @@
 
 Each op has a torch reference (kernels.reference), a Triton kernel (kernels.triton_attention,
 kernels.triton_rope) and a dispatcher here taking backend="auto"|"torch"|"triton". "auto" picks Triton
-for CUDA tensors when triton imports and the kernel covers the inputs, torch otherwise; the environment
-variable FRAMEPACK_KERNELS=torch makes "auto" mean torch. A forced "triton" that cannot run raises.
+for CUDA tensors when triton imports and the kernel covers the inputs (and torch.compile is not tracing),
+torch otherwise; the environment variable FRAMEPACK_KERNELS=torch makes "auto" mean torch. A forced "triton"
+that cannot run raises.
 The Triton kernels are forward-only: "auto" takes torch when autograd needs the graph.
 """
 import importlib
@@ -44,7 +45,9 @@ def _use_triton(backend, module_name, tensors, unsupported):
         env = os.environ.get(ENV_VAR) or "auto"
         if env not in ("auto", "torch"):
             raise ValueError(f"{ENV_VAR}={env!r}; expected 'auto' or 'torch'")
-        if env == "torch" or x.device.type != "cuda" or needs_grad:
+        # Under torch.compile, "auto" leaves attention and RoPE to inductor (SDPA, fused elementwise code): on
+        # torch 2.11 / Triton 3.6 inductor failed to compile these kernels as user kernels (RESULTS.md).
+        if env == "torch" or x.device.type != "cuda" or needs_grad or torch.compiler.is_compiling():
             return False
         module = _triton_module(module_name)
         return not isinstance(module, ImportError) and unsupported(module) is None
@@ -64,16 +67,25 @@ def _use_triton(backend, module_name, tensors, unsupported):
     return True
 
 
+def _entry(module_name, op):
+    """The kernel's torch.library op while torch.compile traces, else its eager twin (no custom-op dispatch)."""
+    module = _triton_module(module_name)
+    return getattr(module, op if torch.compiler.is_compiling() else op + "_eager")
+
+
 def _check_same(name, tensors, x):
     for other_name, other in tensors.items():
         if other is not None and other.device != x.device:
             raise ValueError(f"{other_name} is on {other.device} but {name} is on {x.device}")
 
 
-def attention(q, k, v, *, kv_mask=None, scale=None, backend="auto"):
+def attention(q, k, v, *, kv_mask=None, kv_lens=None, scale=None, backend="auto"):
     """Softmax attention without causal mask (scale defaults to 1/sqrt(Dh)).
 
-    q (B, Lq, N, Dh), k/v (B, Lk, N, Dh); kv_mask bool (B, Lk), True = attend. Returns (B, Lq, N, Dh).
+    q (B, Lq, N, Dh), k/v (B, Lk, N, Dh). Keys may be limited by at most one of: kv_mask bool (B, Lk),
+    True = attend; kv_lens int (B,), batch b attends keys j < kv_lens[b] (padding at the end, as batched text;
+    values are clamped to [0, Lk]). A row with no key to attend comes out 0. Returns (B, Lq, N, Dh).
+    kv_lens is the fast form on the Triton path: padded keys are skipped, not masked.
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"attention takes (B, L, N, Dh) tensors; got q {tuple(q.shape)}, k {tuple(k.shape)}, "
@@ -88,7 +100,12 @@ def attention(q, k, v, *, kv_mask=None, scale=None, backend="auto"):
     if kv_mask is not None and (kv_mask.dtype != torch.bool or tuple(kv_mask.shape) != (B, k.shape[1])):
         raise ValueError(f"kv_mask must be bool (B, Lk) = ({B}, {k.shape[1]}); "
                          f"got {kv_mask.dtype} {tuple(kv_mask.shape)}")
-    _check_same("q", {"k": k, "v": v, "kv_mask": kv_mask}, q)
+    if kv_lens is not None:
+        if kv_mask is not None:
+            raise ValueError("give kv_mask or kv_lens, not both")
+        if kv_lens.dtype not in (torch.int32, torch.int64) or tuple(kv_lens.shape) != (B,):
+            raise ValueError(f"kv_lens must be int32/int64 (B,) = ({B},); got {kv_lens.dtype} {tuple(kv_lens.shape)}")
+    _check_same("q", {"k": k, "v": v, "kv_mask": kv_mask, "kv_lens": kv_lens}, q)
 
     def unsupported(module):
         if q.dtype not in module.DTYPES:
@@ -101,7 +118,9 @@ def attention(q, k, v, *, kv_mask=None, scale=None, backend="auto"):
 
     if _use_triton(backend, "triton_attention", (q, k, v), unsupported):
         scale_ = Dh**-0.5 if scale is None else float(scale)
-        return _triton_module("triton_attention").attention_fwd(q, k, v, kv_mask, scale_)
+        return _entry("triton_attention", "attention_fwd")(q, k, v, kv_mask, kv_lens, scale_)
+    if kv_lens is not None:
+        kv_mask = torch.arange(k.shape[1], device=k.device)[None, :] < kv_lens[:, None]  # (B, Lk)
     return reference.attention(q, k, v, kv_mask=kv_mask, scale=scale)
 
 
@@ -134,7 +153,7 @@ def apply_rope(x, cos, sin, *, backend="auto"):
     """Rotate pairs (2i, 2i+1) of x (B, L, N, Dh) by cos/sin (L, Dh) float32. Returns x.dtype."""
     _check_rope(x, cos, sin, None)
     if _use_triton(backend, "triton_rope", (x, cos, sin), _rope_unsupported(x)):
-        return _triton_module("triton_rope").rms_norm_rope_fwd(x, None, cos, sin, 0.0, x.shape[1])
+        return _entry("triton_rope", "rms_norm_rope_fwd")(x, None, cos, sin, 0.0, x.shape[1])
     return reference.apply_rope(x, cos, sin)
 
 
@@ -145,5 +164,5 @@ def rms_norm_rope(x, weight, cos, sin, *, eps, n_rope=None, backend="auto"):
         raise ValueError(f"weight must be ({x.shape[-1]},); got {tuple(weight.shape)}")
     _check_same("x", {"weight": weight}, x)
     if _use_triton(backend, "triton_rope", (x, weight, cos, sin), _rope_unsupported(x)):
-        return _triton_module("triton_rope").rms_norm_rope_fwd(x, weight, cos, sin, float(eps), n)
+        return _entry("triton_rope", "rms_norm_rope_fwd")(x, weight, cos, sin, float(eps), n)
     return reference.rms_norm_rope(x, weight, cos, sin, eps, n_rope=n_rope)

@@ -2,6 +2,9 @@
 
 Online softmax in base 2 with fp32 accumulators (Dao, "FlashAttention-2", Algorithm 1). One program per
 (BLOCK_M queries, batch, head); explicit strides, so q/k/v slices of a fused projection need no copy.
+Keys are limited in one of two ways: per-batch valid lengths (padded text at the end: the loop simply stops
+early, so padding costs nothing and saves its share of the work), or a general bool mask (-inf added per
+score: measured +50-70% on an H200, see benchmarks/RESULTS.md).
 Callers go through kernels.attention, which validates shapes; this module assumes them valid.
 """
 from typing import Optional
@@ -21,15 +24,16 @@ INTERPRET_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 16}
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) -> head dims it suits. Hopper (H100/H200, 227 KiB shared memory)
 # runs two warpgroups over 128 rows; Ampere (A100, 163 KiB) the same or 64 rows. Chosen from ptxas reports for
-# sm_90 and sm_80 (Triton 3.9): these compile without register spills (128x128 tiles spill at Dh = 128, and
-# 4 warps over 128 rows spill there on sm_80); the last entry is the fallback for fp32 and small shared memory.
+# sm_90 and sm_80 (Triton 3.9) and a sweep on an H200 (Triton 3.6, bf16, L = 16384; benchmarks/RESULTS.md):
+# 128x64 and 128x128 tiles over 8 warps lead (516-528 TFLOP/s at Dh = 128; ptxas reports spills for 128x128
+# there, which cost less than they save; at Dh = 64 they ran at 330-391); 4 warps over 128 rows spill on sm_80
+# and ran at 181 TFLOP/s on the H200 at Dh = 128 (429 at Dh = 64). The last entry is the fallback for fp32,
+# short query blocks and small shared memory.
 TILES = {
     (128, 64, 8, 3): (64, 128),
     (128, 64, 8, 4): (128,),
-    (128, 128, 8, 2): (64,),
-    (128, 128, 8, 3): (64,),
+    (128, 128, 8, 3): (128,),
     (128, 64, 4, 3): (64,),
-    (64, 64, 8, 2): (64, 128),
     (64, 64, 4, 2): (64, 128),
 }
 CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in TILES]
@@ -102,19 +106,20 @@ def _attn_block(
 
 @triton.jit(do_not_specialize=["Lq", "Lk"])
 def _attn_fwd_kernel(
-    Q, K, V, MASK, Out,
+    Q, K, V, MASK, LENS, Out,
     stride_qb, stride_ql, stride_qn, stride_qd,
     stride_kb, stride_kl, stride_kn, stride_kd,
     stride_vb, stride_vl, stride_vn, stride_vd,
     stride_mb, stride_ml,
     stride_ob, stride_ol, stride_on, stride_od,
     N, Lq, Lk, qk_scale, LQ_BUCKET, LK_BUCKET,
-    HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, HAS_LENS: tl.constexpr, IEEE: tl.constexpr,
+    UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Out[b, m, n] = softmax(scale * q k^T + mask) v for BLOCK_M queries of one (batch, head).
 
-    LQ_BUCKET / LK_BUCKET (powers of two of Lq / Lk) only key the autotuner; qk_scale = scale * log2(e).
+    LENS (B,) int: only keys j < LENS[b] (clamped to [0, Lk]) are attended. LQ_BUCKET / LK_BUCKET (powers of
+    two of Lq / Lk) only key the autotuner; qk_scale = scale * log2(e).
     """
     pid_m = tl.program_id(0)
     pid_bn = tl.program_id(1)
@@ -126,6 +131,9 @@ def _attn_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = rows < Lq
+    if HAS_LENS:
+        # Keys past the batch's valid length are never read: the loops below end there.
+        Lk = tl.minimum(tl.maximum(tl.load(LENS + b).to(tl.int32), 0), Lk)
 
     q_ptrs = Q + b * stride_qb + n * stride_qn + rows.to(tl.int64)[:, None] * stride_ql + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)  # (BLOCK_M, Dh)
@@ -156,7 +164,7 @@ def _attn_fwd_kernel(
             DTYPE, HAS_MASK, True, IEEE, UPCAST,
         )
 
-    if HAS_MASK:
+    if HAS_MASK or HAS_LENS:
         # A row whose keys are all masked gives 0, as torch's scaled_dot_product_attention does.
         l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
@@ -166,35 +174,47 @@ def _attn_fwd_kernel(
 
 _attn_fwd_tuned = triton.autotune(
     configs=CONFIGS,
-    key=["HEAD_DIM", "HAS_MASK", "LQ_BUCKET", "LK_BUCKET"],
+    key=["HEAD_DIM", "HAS_MASK", "HAS_LENS", "LQ_BUCKET", "LK_BUCKET"],
     prune_configs_by={"early_config_prune": _prune},
 )(_attn_fwd_kernel)
 
 
 @triton_op("framepack::attention_fwd", mutates_args=())
 def attention_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_mask: Optional[torch.Tensor], scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_mask: Optional[torch.Tensor],
+    kv_lens: Optional[torch.Tensor], scale: float,
 ) -> torch.Tensor:
-    """Triton attention: q (B, Lq, N, Dh), k/v (B, Lk, N, Dh), kv_mask bool (B, Lk) or None -> (B, Lq, N, Dh)."""
+    """Triton attention: q (B, Lq, N, Dh), k/v (B, Lk, N, Dh), kv_mask bool (B, Lk) or None, kv_lens int (B,)
+    or None -> (B, Lq, N, Dh). A torch.library op, so torch.compile traces it."""
+    return _attention(q, k, v, kv_mask, kv_lens, scale, traceable=True)
+
+
+def attention_fwd_eager(q, k, v, kv_mask, kv_lens, scale):
+    """attention_fwd without the torch.library layer, for eager calls (less launch overhead; not traceable)."""
+    return _attention(q, k, v, kv_mask, kv_lens, scale, traceable=False)
+
+
+def _attention(q, k, v, kv_mask, kv_lens, scale, traceable):
     B, Lq, N, Dh = q.shape
     Lk = k.shape[1]
     out = torch.empty((B, Lq, N, Dh), dtype=q.dtype, device=q.device)  # (B, Lq, N, Dh)
     if out.numel() == 0:
         return out
-    has_mask = kv_mask is not None
-    # A bool tensor is passed as its bytes; without a mask, q stands in for the unused pointer.
-    mask = kv_mask.view(torch.uint8) if has_mask else q
+    has_mask, has_lens = kv_mask is not None, kv_lens is not None
+    # Triton loads a bool tensor as bytes; an unused pointer gets q as a stand-in the kernel never reads.
+    mask = kv_mask if has_mask else q
     mask_strides = (kv_mask.stride(0), kv_mask.stride(1)) if has_mask else (0, 0)
+    lens = kv_lens if has_lens else q
     blocks = INTERPRET_BLOCKS if INTERPRET else {}
 
     def grid(meta):
         return (triton.cdiv(Lq, meta["BLOCK_M"]), B * N)
 
-    launcher(_attn_fwd_tuned)[grid](
-        q, k, v, mask, out,
+    launcher(_attn_fwd_tuned, traceable)[grid](
+        q, k, v, mask, lens, out,
         *q.stride(), *k.stride(), *v.stride(), *mask_strides, *out.stride(),
         N, Lq, Lk, scale * LOG2E, triton.next_power_of_2(int(Lq)), triton.next_power_of_2(int(Lk)),
-        HEAD_DIM=Dh, HAS_MASK=has_mask, IEEE=q.dtype == torch.float32,
+        HEAD_DIM=Dh, HAS_MASK=has_mask, HAS_LENS=has_lens, IEEE=q.dtype == torch.float32,
         UPCAST=INTERPRET and q.dtype == torch.bfloat16, **blocks,
     )
     return out

@@ -25,7 +25,9 @@ CONFIGS = [
     triton.Config({"BLOCK_T": 1}, num_warps=4),
     triton.Config({"BLOCK_T": 2}, num_warps=4),
     triton.Config({"BLOCK_T": 2}, num_warps=8),
+    triton.Config({"BLOCK_T": 4}, num_warps=4),
     triton.Config({"BLOCK_T": 4}, num_warps=8),
+    triton.Config({"BLOCK_T": 8}, num_warps=8),
 ]
 
 
@@ -82,6 +84,15 @@ def rms_norm_rope_fwd(
     n_rope: int,
 ) -> torch.Tensor:
     """x (B, L, N, Dh): RMSNorm with weight (Dh,) unless None, rotary by cos/sin (n_rope, Dh) unless None."""
+    return _rms_norm_rope(x, weight, cos, sin, eps, n_rope, traceable=True)
+
+
+def rms_norm_rope_fwd_eager(x, weight, cos, sin, eps, n_rope):
+    """rms_norm_rope_fwd without the torch.library layer, for eager calls (less launch overhead; not traceable)."""
+    return _rms_norm_rope(x, weight, cos, sin, eps, n_rope, traceable=False)
+
+
+def _rms_norm_rope(x, weight, cos, sin, eps, n_rope, traceable):
     B, L, N, Dh = x.shape
     out = torch.empty((B, L, N, Dh), dtype=x.dtype, device=x.device)  # (B, L, N, Dh)
     if out.numel() == 0:
@@ -97,7 +108,7 @@ def rms_norm_rope_fwd(
     def grid(meta):
         return (triton.cdiv(L, meta["BLOCK_T"]), B)
 
-    launcher(_rms_norm_rope_tuned)[grid](
+    launcher(_rms_norm_rope_tuned, traceable)[grid](
         x, w, c, s, out,
         *x.stride(), *out.stride(),
         w.stride(0) if has_norm else 0,

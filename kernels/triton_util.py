@@ -19,8 +19,9 @@ def _probe():
 INTERPRET = isinstance(_probe, InterpretedFunction)
 
 
-def launcher(kernel):
-    """The callable to index with a grid: the raw kernel in the interpreter, else torch.library's traceable wrapper.
+def launcher(kernel, traceable=True):
+    """The callable to index with a grid: the raw kernel in the interpreter or when not traceable (eager calls
+    that skip torch.library's layer), else torch.library's traceable wrapper (inside a triton_op).
 
     In the interpreter an autotuned kernel is unwrapped to its jit function (there is no GPU to time configs on);
     the caller then passes the block sizes itself.
@@ -29,7 +30,7 @@ def launcher(kernel):
         while isinstance(kernel, (Autotuner, Heuristics)):
             kernel = kernel.fn
         return kernel
-    return wrap_triton(kernel)
+    return wrap_triton(kernel) if traceable else kernel
 
 
 def shared_memory_bytes(device) -> int:

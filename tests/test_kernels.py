@@ -109,6 +109,26 @@ def test_attention_validates_shapes():
         kernels.attention(q, kv, kv, kv_mask=torch.ones(2, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="got torch.float32"):
         kernels.attention(q, kv, kv, kv_mask=torch.ones(2, 7))
+    with pytest.raises(ValueError, match="not both"):
+        kernels.attention(q, kv, kv, kv_mask=torch.ones(2, 7, dtype=torch.bool), kv_lens=torch.tensor([7, 7]))
+    with pytest.raises(ValueError, match=r"kv_lens must be int32/int64 \(B,\) = \(2,\); got torch.float32 \(2,\)"):
+        kernels.attention(q, kv, kv, kv_lens=torch.tensor([7.0, 7.0]))
+    with pytest.raises(ValueError, match=r"got torch.int64 \(3,\)"):
+        kernels.attention(q, kv, kv, kv_lens=torch.tensor([7, 7, 7]))
+
+
+def test_kv_lens_on_the_torch_path_is_a_prefix_mask():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, L, 2, 64, generator=gen, dtype=torch.float64) for L in (5, 9, 9))
+    lens = torch.tensor([9, 4, 0], dtype=torch.int32)  # all keys, a prefix, none
+    out = kernels.attention(q, k, v, kv_lens=lens, backend="torch")
+    for b, n in enumerate(lens.tolist()):
+        if n == 0:
+            assert out[b].eq(0).all()  # no key to attend: 0, as the kernel's contract says
+            continue
+        scores = torch.einsum("qhd,khd->hqk", q[b], k[b, :n]) / 8.0  # scale 1/sqrt(64)
+        expected = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v[b, :n])
+        torch.testing.assert_close(out[b], expected)
 
 
 def test_rope_validates_shapes():
@@ -134,11 +154,12 @@ def test_attention_autotune_keeps_configs_that_suit_the_shape_and_chip(monkeypat
         return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in configs}
 
     h100, a100, rtx = 227 * 1024, 163 * 1024, 99 * 1024
-    assert kept(h100, torch.bfloat16, 128, 4096) == {(128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 8, 2), (64, 64, 4, 2)}
-    assert kept(h100, torch.bfloat16, 64, 4096) == {(128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3),
-                                                    (128, 64, 4, 3), (64, 64, 8, 2), (64, 64, 4, 2)}
-    assert kept(a100, torch.bfloat16, 128, 40) == {(64, 64, 8, 2), (64, 64, 4, 2)}  # short queries: 64 rows
-    assert kept(rtx, torch.bfloat16, 128, 4096) == {(64, 64, 8, 2), (64, 64, 4, 2)}
+    assert kept(h100, torch.bfloat16, 128, 4096) == {(128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 3),
+                                                     (64, 64, 4, 2)}
+    assert kept(h100, torch.bfloat16, 64, 4096) == {(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 2)}
+    assert kept(a100, torch.bfloat16, 128, 4096) == {(128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 2)}  # no 128x128
+    assert kept(a100, torch.bfloat16, 128, 40) == {(64, 64, 4, 2)}  # short queries: 64 rows
+    assert kept(rtx, torch.bfloat16, 128, 4096) == {(64, 64, 4, 2)}
     assert kept(rtx, torch.float32, 128, 4096) == {(64, 64, 4, 2)}  # nothing fits: the last config
 
 
@@ -178,8 +199,9 @@ def test_kernels_compile_for_hopper_and_ampere(arch):
         for head_dim in ta.TILES[(m, n, config.num_warps, config.num_stages)]:
             if arch == 80 and head_dim == 64:
                 continue  # keeps the test short; sm_90 covers the Dh = 64 configs
-            constants = dict(unit, HEAD_DIM=head_dim, HAS_MASK=True, IEEE=False, UPCAST=False, BLOCK_M=m, BLOCK_N=n)
-            pointers = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "MASK": "*u8", "Out": "*bf16"}
+            constants = dict(unit, HEAD_DIM=head_dim, HAS_MASK=True, HAS_LENS=True, IEEE=False, UPCAST=False,
+                             BLOCK_M=m, BLOCK_N=n)
+            pointers = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "MASK": "*i1", "LENS": "*i32", "Out": "*bf16"}
             binary = compile_for(arch, ta._attn_fwd_kernel, pointers, constants, config.num_warps, config.num_stages)
             smem = (m + 2 * n * config.num_stages) * head_dim * 2
             assert binary.metadata.shared <= min(smem, SHARED_MEMORY[arch]), (config, head_dim, binary.metadata.shared)

@@ -133,15 +133,15 @@ class FramePackTransformer(nn.Module):
         text_mask = encoder_attention_mask[:, :n_txt].bool() if min(lengths) < n_txt else None  # (B, Lt')
         txt = self.txt_in(encoder_hidden_states[:, :n_txt].to(vec.dtype), timestep, text_mask, backend)
         txt = torch.cat((self.image_in(image_embeds.to(vec.dtype)), txt), dim=1)  # (B, Lc, D): SigLIP + text
-        kv_mask = None
+        kv_lens = None  # (B,): valid keys of the joint [image, SigLIP, text] sequence; the padding is at its end
         if text_mask is not None:
-            kv_mask = torch.cat((text_mask.new_ones(B, n_img + image_embeds.shape[1]), text_mask), dim=1)  # (B, L)
+            kv_lens = torch.tensor(lengths, dtype=torch.int32, device=txt.device) + n_img + image_embeds.shape[1]
 
         for block in self.double_blocks:
-            img, txt = block(img, txt, vec, cos, sin, kv_mask, backend)
+            img, txt = block(img, txt, vec, cos, sin, kv_lens, backend)
         x = torch.cat((img, txt), dim=1)  # (B, Li+Lc, D)
         for block in self.single_blocks:
-            x = block(x, vec, cos, sin, n_img, kv_mask, backend)
+            x = block(x, vec, cos, sin, n_img, kv_lens, backend)
 
         out = self.final_layer(x[:, n_img - T * h * w:n_img], vec)  # (B, T*h*w, pt*p*p*C)
         return rearrange(out, "B (T h w) (C pt ph pw) -> B C (T pt) (h ph) (w pw)", T=T, h=h, w=w,

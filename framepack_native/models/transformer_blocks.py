@@ -90,8 +90,9 @@ class DoubleStreamBlock(nn.Module):
         self.img_mlp = MLP(hidden_dim, mlp_dim)
         self.txt_mlp = MLP(hidden_dim, mlp_dim)
 
-    def forward(self, img, txt, vec, cos, sin, kv_mask, backend):
-        """img (B, Li, D), txt (B, Lt, D), vec (B, D) = silu(conditioning), cos/sin (Li, Dh), kv_mask (B, Li+Lt)."""
+    def forward(self, img, txt, vec, cos, sin, kv_lens, backend):
+        """img (B, Li, D), txt (B, Lt, D), vec (B, D) = silu(conditioning), cos/sin (Li, Dh), kv_lens (B,) int
+        valid keys of the joint sequence (None: all)."""
         n_img = img.shape[1]
         img_mod1, img_mod2 = self.img_mod(vec)
         txt_mod1, txt_mod2 = self.txt_mod(vec)
@@ -99,7 +100,7 @@ class DoubleStreamBlock(nn.Module):
         txt_q, txt_k, txt_v = self.txt_attn.qkv_heads(modulate(txt, txt_mod1), cos[:0], sin[:0], 0, backend)
         attn = kernels.attention(
             torch.cat((img_q, txt_q), dim=1), torch.cat((img_k, txt_k), dim=1), torch.cat((img_v, txt_v), dim=1),
-            kv_mask=kv_mask, backend=backend,
+            kv_lens=kv_lens, backend=backend,
         ).flatten(2)  # (B, Li+Lt, D)
         img = torch.addcmul(img, img_mod1.gate, self.img_attn.proj(attn[:, :n_img]))
         txt = torch.addcmul(txt, txt_mod1.gate, self.txt_attn.proj(attn[:, n_img:]))
@@ -123,15 +124,15 @@ class SingleStreamBlock(nn.Module):
         self.norm_k = nn.RMSNorm(head_dim, eps=EPS)
         self.linear2 = nn.Linear(hidden_dim + mlp_dim, hidden_dim)
 
-    def forward(self, x, vec, cos, sin, n_img, kv_mask, backend):
-        """x (B, L, D) with the n_img image tokens first, vec (B, D), cos/sin (n_img, Dh), kv_mask (B, L)."""
+    def forward(self, x, vec, cos, sin, n_img, kv_lens, backend):
+        """x (B, L, D) with the n_img image tokens first, vec (B, D), cos/sin (n_img, Dh), kv_lens (B,) or None."""
         D = self.hidden_dim
         (mod,) = self.modulation(vec)
         h = self.linear1(modulate(x, mod))  # (B, L, 3D + M): [q | k | v | mlp]
         q, k, v = rearrange(h[..., :3 * D], "B L (K N Dh) -> K B L N Dh", K=3, N=self.num_heads)
         q = kernels.rms_norm_rope(q, self.norm_q.weight, cos, sin, eps=EPS, n_rope=n_img, backend=backend)
         k = kernels.rms_norm_rope(k, self.norm_k.weight, cos, sin, eps=EPS, n_rope=n_img, backend=backend)
-        attn = kernels.attention(q, k, v, kv_mask=kv_mask, backend=backend)  # (B, L, N, Dh)
+        attn = kernels.attention(q, k, v, kv_lens=kv_lens, backend=backend)  # (B, L, N, Dh)
         if torch.is_grad_enabled():
             y = torch.cat((attn.flatten(2), F.gelu(h[..., 3 * D:], approximate="tanh")), dim=-1)  # (B, L, D + M)
         else:

@@ -80,11 +80,11 @@ class RefinerBlock(nn.Module):
         self.fc2 = nn.Linear(mlp_dim, hidden_dim)
         self.gates = nn.Linear(hidden_dim, 2 * hidden_dim)
 
-    def forward(self, x, vec, kv_mask, backend):
-        """x (B, L, D), vec (B, D) = silu(conditioning), kv_mask bool (B, L) or None -> (B, L, D)."""
+    def forward(self, x, vec, kv_lens, backend):
+        """x (B, L, D), vec (B, D) = silu(conditioning), kv_lens (B,) int valid tokens or None -> (B, L, D)."""
         gate_attn, gate_mlp = self.gates(vec)[:, None].chunk(2, dim=-1)  # (B, 1, D) each
         q, k, v = rearrange(self.qkv(self.norm1(x)), "B L (K N Dh) -> K B L N Dh", K=3, N=self.num_heads)
-        attn = kernels.attention(q, k, v, kv_mask=kv_mask, backend=backend)  # (B, L, N, Dh)
+        attn = kernels.attention(q, k, v, kv_lens=kv_lens, backend=backend)  # (B, L, N, Dh)
         x = torch.addcmul(x, gate_attn, self.proj(attn.flatten(2)))  # attn as (B, L, D)
         mlp = self.fc2(F.silu(self.fc1(self.norm2(x))))
         return torch.addcmul(x, gate_mlp, mlp)
@@ -113,6 +113,7 @@ class TokenRefiner(nn.Module):
         t_emb = timestep_embedding(timestep).to(txt.dtype)
         vec = F.silu(self.t_embedder(t_emb) + self.c_embedder(pooled.to(txt.dtype)))  # (B, D)
         x = self.in_proj(txt)
+        kv_lens = None if mask is None else mask.sum(dim=1, dtype=torch.int32)  # (B,): valid tokens come first
         for block in self.blocks:
-            x = block(x, vec, mask, backend)
+            x = block(x, vec, kv_lens, backend)
         return x

@@ -48,19 +48,35 @@ def key_mask(kind, B, Lk, gen):
     return torch.arange(Lk)[None, :] < lengths[:, None]  # (B, Lk)
 
 
+def key_lengths(kind, B, Lk, gen):
+    """(B,) int32 valid key counts for kv_lens: "lens" in [1, Lk]; "lens_edges" also 0 and past Lk (clamped)."""
+    lengths = torch.randint(1, Lk + 1, (B,), generator=gen, dtype=torch.int32)
+    if kind == "lens_edges":
+        lengths[0] = 0
+        lengths[-1] = Lk + 5 if B > 1 else lengths[-1]
+    return lengths
+
+
 def check_attention(B, Lq, Lk, N, Dh, dtype, mask_kind, seed, scale=None):
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(B, Lq, N, Dh, generator=gen).to(dtype)
     k = torch.randn(B, Lk, N, Dh, generator=gen).to(dtype)
     v = torch.randn(B, Lk, N, Dh, generator=gen).to(dtype)
-    mask = key_mask(mask_kind, B, Lk, gen)
+    if mask_kind.startswith("lens"):
+        lens, mask = key_lengths(mask_kind, B, Lk, gen), None
+        ref_mask = torch.arange(Lk)[None, :] < lens[:, None]  # (B, Lk)
+    else:
+        lens, mask = None, key_mask(mask_kind, B, Lk, gen)
+        ref_mask = mask
     inputs = [t.clone() for t in (q, k, v)]
-    out = kernels.attention(q, k, v, kv_mask=mask, scale=scale, backend="triton")
-    ref = reference.attention(q.double(), k.double(), v.double(), kv_mask=mask, scale=scale)
+    out = kernels.attention(q, k, v, kv_mask=mask, kv_lens=lens, scale=scale, backend="triton")
+    ref = reference.attention(q.double(), k.double(), v.double(), kv_mask=ref_mask, scale=scale)
     assert out.dtype == dtype and out.shape == (B, Lq, N, Dh)
     assert not out.isnan().any(), "unwritten (NaN-poisoned) or NaN output elements"
     err = rel_l2(out, ref)
     assert err < TOL[dtype], f"rel. error {err:.2e} >= {TOL[dtype]:.0e} ({dtype}, mask {mask_kind})"
+    if ref_mask is not None and not ref_mask.any(1).all():
+        assert out[~ref_mask.any(1)].eq(0).all(), "a row with no key to attend must come out 0"
     assert all(torch.equal(a, b) for a, b in zip(inputs, (q, k, v))), "the kernel mutated its inputs"
 
 
@@ -72,7 +88,8 @@ def test_outputs_are_poisoned():
 @given(
     B=st.integers(1, 3), Lq=st.integers(1, 70), Lk=st.integers(1, 70), N=st.integers(1, 3),
     Dh=st.sampled_from([64, 128]), dtype=st.sampled_from(DTYPES),
-    mask_kind=st.sampled_from(["none", "random", "padding", "empty_row"]), seed=st.integers(0, 2**31),
+    mask_kind=st.sampled_from(["none", "random", "padding", "empty_row", "lens", "lens_edges"]),
+    seed=st.integers(0, 2**31),
 )
 def test_attention_matches_float64(B, Lq, Lk, N, Dh, dtype, mask_kind, seed):
     check_attention(B, Lq, Lk, N, Dh, dtype, mask_kind, seed)
@@ -83,11 +100,13 @@ def test_attention_long_odd_sequence_one_head():
     for Dh, dtype in ((64, torch.float32), (128, torch.bfloat16)):
         check_attention(1, 217, 217, 1, Dh, dtype, "none", seed=Dh)
         check_attention(1, 217, 217, 1, Dh, dtype, "padding", seed=Dh + 1, scale=0.05)
+        check_attention(1, 217, 217, 1, Dh, dtype, "lens", seed=Dh + 2)
 
 
 def test_attention_batches_with_different_masks():
     check_attention(3, 45, 77, 2, 128, torch.float16, "padding", seed=3)
     check_attention(3, 45, 77, 2, 64, torch.float32, "empty_row", seed=4)
+    check_attention(3, 45, 77, 2, 128, torch.bfloat16, "lens_edges", seed=5)
 
 
 def test_attention_strided_views_of_a_fused_projection():
