@@ -1,7 +1,10 @@
-"""One run on a GPU machine: Triton kernel correctness at FramePack's real shapes, torch.compile tracing, the
-transformer's triton vs torch path, then benchmarks/attention.py and benchmarks/rope.py. Results go to $OUT.
+"""One run on a GPU machine: the copy / matmul ceilings, Triton kernel correctness at FramePack's real shapes,
+benchmarks/attention.py and benchmarks/rope.py, host launch overhead, the transformer vs diffusers at real
+widths (when diffusers imports), an attention tile sweep, the transformer's triton vs torch path, and
+torch.compile with backend auto. Results go to $OUT (about 2.5 minutes on an H200).
 
     python benchmarks/gpu_check.py                                  # device machine: $OUT/gpu_check.{json,log}
+    python benchmarks/gpu_check.py --only "attention tile"          # only the steps whose names start so
     TRITON_INTERPRET=1 python benchmarks/gpu_check.py --smoke       # CPU, Triton's interpreter, toy shapes
 
 Correctness: rel. L2 error against a float32 reference (SDPA's efficient backend / kernels.reference on fp32

@@ -2,7 +2,8 @@
 device and dtype, in one process, alternating; prints medians and the speed ratio (reference / ours).
 
     python benchmarks/transformer.py                        # CPU, float32, mid config
-    python benchmarks/transformer.py --device cuda --dtype bf16 --config real --blocks 2 2
+    python benchmarks/transformer.py --device cuda --dtype bf16 --config real --blocks 2 2 --height 80 --width 80 \
+        --backend torch triton [--batch 2 --text-valid 200 17]
 """
 import argparse
 import statistics
