@@ -109,8 +109,7 @@ def attention_case(device, B, Lq, Lk, N, Dh, dtype, mask_valid=None, strided=Fal
     err, err_lowp = rel_l2(ours, ref), rel_l2(lowp, ref)
     ok = bool(err < TOL[dtype] and not ours.isnan().any())
     result = dict(B=B, Lq=Lq, Lk=Lk, N=N, Dh=Dh, dtype=str(dtype), mask=mask_valid, form=form, strided=strided,
-                  err=err,
-                  err_torch_lowp=err_lowp, within_2x_torch=bool(err <= 2 * err_lowp + 1e-6), ok=ok)
+                  err=err, err_torch_lowp=err_lowp, within_2x_torch=bool(err <= 2 * err_lowp + 1e-6), ok=ok)
     log(f"  attention B{B} Lq{Lq} Lk{Lk} N{N} Dh{Dh} {dtype} {form}={mask_valid} strided={strided}: "
         f"err {err:.2e} (torch low-precision {err_lowp:.2e}) {'ok' if ok else 'FAIL'}")
     return result
@@ -217,6 +216,7 @@ def main():
         result = dict(copy_gbps=4 * n / med["copy"] / 1e9, matmul_tflops=2 * size**3 / med["matmul"] / 1e12)
         log(f"  copy {result['copy_gbps']:.0f} GB/s (read + write), bf16 matmul {result['matmul_tflops']:.0f} TFLOP/s")
         return result
+
     # Real shapes: B=1, 24 heads x 128, 4k-30k tokens; smoke: the same code paths at toy sizes.
     if args.smoke:
         long, mid, N, text_lens, T, HW, real_layers = 97, 64, 2, [40, 9], 1, 8, (1, 1)
@@ -349,34 +349,29 @@ def main():
     @step("attention tile sweep (bf16, Dh 128, L 16384)", out_dir)
     def _():
         module = kernels._triton_module("triton_attention")
-        L = 97 if args.smoke else 16384
-        tiles = [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 8, 4)]
+        L, heads, head_dim = (97 if args.smoke else 16384), N, 128
+        gen = torch.Generator(device=device).manual_seed(head_dim)
+        q, k, v = (torch.randn(1, L, heads, head_dim, generator=gen, device=device, dtype=bf16) for _ in range(3))
+        mask = padding_mask(1, L, min(256, L // 4), [min(200, L // 8)], device)
+        variants = (("none", {}), ("mask", {"mask": mask}), ("lens", {"lens": mask.sum(1, dtype=torch.int32)}))
+        flops = 4 * heads * L * L * head_dim
         rows = []
-        for head_dim, heads in ((128, N),):
-            gen = torch.Generator(device=device).manual_seed(head_dim)
-            q, k, v = (torch.randn(1, L, heads, head_dim, generator=gen, device=device, dtype=bf16) for _ in range(3))
-            mask = padding_mask(1, L, min(256, L // 4), [min(200, L // 8)], device)
-            flops = 4 * heads * L * L * head_dim
-            for tile in tiles:
-                if time.perf_counter() - t0 > args.budget_s + 120:
-                    log("  budget spent: sweep stopped")
-                    return rows
-                lens = mask.sum(1, dtype=torch.int32)
-                # (Triton's warp_specialize=True on the main loop was timed here on an H200 with Triton 3.6:
-                # within +-3% of these; RESULTS.md.)
-                variants = (("none", {}), ("mask", {"mask": mask}), ("lens", {"lens": lens}))
-                for form, kw in variants:
-                    row = dict(Dh=head_dim, tile=tile, form=form)
-                    try:  # a variant that does not compile or fit is a result too
-                        fn = functools.partial(raw_attention, module, q, k, v, tile, args.smoke, **kw)
-                        row["err"] = rel_l2(fn(), fp32_attention(q, k, v, None if form == "none" else mask))
-                        t = attention_bench.median_times({form: fn}, device, runs=3 if args.smoke else 5,
-                                                         inner=1 if args.smoke else 3)[form]
-                        row.update(ms=t * 1e3, tflops=flops / t / 1e12)
-                    except Exception as exc:  # noqa: BLE001
-                        row["error"] = str(exc).splitlines()[0][:300] if str(exc) else repr(exc)
-                    rows.append(row)
-                    log(f"  {row}")
+        for tile in [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 8, 4)]:
+            if time.perf_counter() - t0 > args.budget_s + 120:
+                log("  budget spent: sweep stopped")
+                return rows
+            for form, kw in variants:
+                row = dict(Dh=head_dim, tile=tile, form=form)
+                try:  # a variant that does not compile or fit is a result too
+                    fn = functools.partial(raw_attention, module, q, k, v, tile, args.smoke, **kw)
+                    row["err"] = rel_l2(fn(), fp32_attention(q, k, v, None if form == "none" else mask))
+                    t = attention_bench.median_times({form: fn}, device, runs=3 if args.smoke else 5,
+                                                     inner=1 if args.smoke else 3)[form]
+                    row.update(ms=t * 1e3, tflops=flops / t / 1e12)
+                except Exception as exc:  # noqa: BLE001
+                    row["error"] = str(exc).splitlines()[0][:300] if str(exc) else repr(exc)
+                rows.append(row)
+                log(f"  {row}")
         return rows
 
     @step("transformer: triton vs torch path", out_dir)

@@ -26,7 +26,7 @@ def bench(lengths, heads=24, head_dim=128, batch=1, dtype=torch.bfloat16, device
           inner=10, compile=True, graph=None):
     """Time each implementation at each length; prints a table and returns rows of dicts (for gpu_check.py)."""
     device = torch.device(device)
-    modes = (False, True) if device.type == "cuda" and graph is None else (bool(graph),)
+    modes = (False, True) if device.type == "cuda" and graph is None else (bool(graph) and device.type == "cuda",)
     compiled = torch.compile(reference.rms_norm_rope, dynamic=False) if compile else None
     rows = []
     with torch.inference_mode():

@@ -15,7 +15,7 @@ from framepack_native.models import (CLIPTextEncoder, FramePackTransformer, Huny
 from framepack_native.models.loading import MANIFEST, read_json
 from framepack_native.noise import randn
 from framepack_native.offload import on_device, streamed_blocks
-from framepack_native.prompt import encode_prompt
+from framepack_native.prompt import HIDDEN_STATE_INDEX, encode_prompt
 from framepack_native.sampling import FlowMatchConfig, flow_sigmas, sample_euler, sample_unipc, shift_mu
 from framepack_native.sections import (HISTORY_SIZES, SAMPLING_TYPES, num_sections, padding_schedule, section_frame_indices,
                                        soft_append, split_history)
@@ -95,7 +95,8 @@ class FramePackPipeline:
 
         return cls(
             transformer=load(FramePackTransformer, "transformer"), vae=load(HunyuanVideoVAE, "vae"),
-            text_encoder=load(LlamaTextEncoder, "text_encoder"), tokenizer=LlamaTokenizer.from_pretrained(
+            text_encoder=load(LlamaTextEncoder, "text_encoder").drop_layers_after(HIDDEN_STATE_INDEX),
+            tokenizer=LlamaTokenizer.from_pretrained(
                 root / "tokenizer"),
             text_encoder_2=load(CLIPTextEncoder, "text_encoder_2"), tokenizer_2=CLIPTokenizer.from_pretrained(
                 root / "tokenizer_2"),

@@ -121,7 +121,11 @@ def attention(q, k, v, *, kv_mask=None, kv_lens=None, scale=None, backend="auto"
         return _entry("triton_attention", "attention_fwd")(q, k, v, kv_mask, kv_lens, scale_)
     if kv_lens is not None:
         kv_mask = torch.arange(k.shape[1], device=k.device)[None, :] < kv_lens[:, None]  # (B, Lk)
-    return reference.attention(q, k, v, kv_mask=kv_mask, scale=scale)
+    out = reference.attention(q, k, v, kv_mask=kv_mask, scale=scale)
+    if kv_mask is not None:
+        # Rows with no key: 0, whatever SDPA backend ran (some have returned NaN there).
+        out = out.masked_fill(~kv_mask.any(dim=1)[:, None, None, None], 0.0)
+    return out
 
 
 def _check_rope(x, cos, sin, n_rope):

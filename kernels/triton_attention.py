@@ -4,7 +4,7 @@ Online softmax in base 2 with fp32 accumulators (Dao, "FlashAttention-2", Algori
 (BLOCK_M queries, batch, head); explicit strides, so q/k/v slices of a fused projection need no copy.
 Keys are limited in one of two ways: per-batch valid lengths (padded text at the end: the loop simply stops
 early, so padding costs nothing and saves its share of the work), or a general bool mask (-inf added per
-score: measured +50-70% on an H200, see benchmarks/RESULTS.md).
+score: measured +22-43% on an H200, see benchmarks/RESULTS.md).
 Callers go through kernels.attention, which validates shapes; this module assumes them valid.
 """
 from typing import Optional
@@ -133,7 +133,8 @@ def _attn_fwd_kernel(
     row_ok = rows < Lq
     if HAS_LENS:
         # Keys past the batch's valid length are never read: the loops below end there.
-        Lk = tl.minimum(tl.maximum(tl.load(LENS + b).to(tl.int32), 0), Lk)
+        # Clamped in the stored dtype (int32 or int64) before the cast, so huge or negative values stay in range.
+        Lk = tl.minimum(tl.maximum(tl.load(LENS + b), 0), Lk).to(tl.int32)
 
     q_ptrs = Q + b * stride_qb + n * stride_qn + rows.to(tl.int64)[:, None] * stride_ql + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)  # (BLOCK_M, Dh)
@@ -204,7 +205,7 @@ def _attention(q, k, v, kv_mask, kv_lens, scale, traceable):
     # Triton loads a bool tensor as bytes; an unused pointer gets q as a stand-in the kernel never reads.
     mask = kv_mask if has_mask else q
     mask_strides = (kv_mask.stride(0), kv_mask.stride(1)) if has_mask else (0, 0)
-    lens = kv_lens if has_lens else q
+    lens = kv_lens.contiguous() if has_lens else q  # read as LENS[b]: one element per batch entry, no stride
     blocks = INTERPRET_BLOCKS if INTERPRET else {}
 
     def grid(meta):

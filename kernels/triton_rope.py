@@ -20,7 +20,7 @@ HEAD_DIMS = (16, 32, 64, 128, 256)
 INTERPRET_BLOCKS = {"BLOCK_T": 4}
 
 # Memory-bound: a few KiB of x per program in flight (24 heads x 128 x bf16 is 6 KiB a token), warps enough to
-# issue the loads, at most ~64 fp32 values of the tile per thread.
+# issue the loads, 32-128 fp32 values of the tile per thread (BLOCK_T x 32 heads x Dh / threads).
 CONFIGS = [
     triton.Config({"BLOCK_T": 1}, num_warps=4),
     triton.Config({"BLOCK_T": 2}, num_warps=4),

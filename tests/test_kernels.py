@@ -50,6 +50,19 @@ def test_auto_on_cpu_is_the_torch_reference(monkeypatch, env):
                            reference.rms_norm_rope(x, w, cos[:7], sin[:7], 1e-6, n_rope=7))
 
 
+def test_auto_leaves_cuda_tensors_to_torch_while_torch_compile_traces(monkeypatch):
+    class CudaLike:  # what _use_triton reads of a tensor
+        device, requires_grad = torch.device("cuda"), False
+
+    monkeypatch.delenv("FRAMEPACK_KERNELS", raising=False)
+    for compiling in (False, True):
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+        assert kernels._use_triton("auto", "triton_rope", (CudaLike(),), lambda module: None) is not compiling
+        module = kernels._triton_module("triton_attention")
+        expected = module.attention_fwd if compiling else module.attention_fwd_eager
+        assert kernels._entry("triton_attention", "attention_fwd") is expected
+
+
 def test_unknown_backend_and_environment_value_raise(monkeypatch):
     x, w, cos, sin = inputs()
     with pytest.raises(ValueError, match="unknown kernel backend 'cuda'"):
@@ -122,6 +135,9 @@ def test_kv_lens_on_the_torch_path_is_a_prefix_mask():
     q, k, v = (torch.randn(3, L, 2, 64, generator=gen, dtype=torch.float64) for L in (5, 9, 9))
     lens = torch.tensor([9, 4, 0], dtype=torch.int32)  # all keys, a prefix, none
     out = kernels.attention(q, k, v, kv_lens=lens, backend="torch")
+    # Out-of-range values clamp to [0, Lk], as the kernel's do.
+    clamped = kernels.attention(q, k, v, kv_lens=torch.tensor([2**40, 4, -3]), backend="torch")
+    torch.testing.assert_close(clamped, out, rtol=0, atol=0)
     for b, n in enumerate(lens.tolist()):
         if n == 0:
             assert out[b].eq(0).all()  # no key to attend: 0, as the kernel's contract says
@@ -206,6 +222,11 @@ def test_kernels_compile_for_hopper_and_ampere(arch):
             smem = (m + 2 * n * config.num_stages) * head_dim * 2
             assert binary.metadata.shared <= min(smem, SHARED_MEMORY[arch]), (config, head_dim, binary.metadata.shared)
             compiled += 1
+    # The transformer's form: lengths (int64 here), no mask.
+    constants = dict(unit, HEAD_DIM=128, HAS_MASK=False, HAS_LENS=True, IEEE=False, UPCAST=False, BLOCK_M=128,
+                     BLOCK_N=64)
+    pointers = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "MASK": "*bf16", "LENS": "*i64", "Out": "*bf16"}
+    compile_for(arch, ta._attn_fwd_kernel, pointers, constants, 8, 3)
     for config in tr.CONFIGS[:2 if arch == 80 else None]:
         constants = dict(stride_xd=1, stride_od=1, stride_w=1, stride_cd=1, stride_sd=1, HEAD_DIM=128, HEADS=32,
                          HAS_NORM=True, HAS_ROPE=True, BLOCK_T=config.kwargs["BLOCK_T"])

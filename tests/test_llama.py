@@ -98,6 +98,23 @@ def test_layers_past_index_are_not_run():
     assert torch.equal(before, after)
 
 
+def test_dropped_layers_give_the_same_state_and_refuse_deeper_indices():
+    torch.manual_seed(0)
+    model = LlamaTextEncoder(LlamaConfig.tiny(num_hidden_layers=4)).eval()
+    ids = torch.randint(0, 320, (2, 9))
+    with torch.no_grad():
+        before = model(ids, hidden_state_index=-3)
+        model.drop_layers_after(-3)
+        assert len(model.layers) == 2 and model.norm is None
+        assert sum(p.numel() for p in model.parameters()) < sum(
+            p.numel() for p in LlamaTextEncoder(LlamaConfig.tiny(num_hidden_layers=4)).parameters())
+        assert torch.equal(model(ids, hidden_state_index=-3), before)
+        model(ids, hidden_state_index=1)  # shallower states still work
+    for index in (-2, -1, 4):
+        with pytest.raises(ValueError, match=f"hidden_state_index {index} needs layers this encoder dropped"):
+            model(ids, hidden_state_index=index)
+
+
 def test_hidden_state_index_and_inputs_validated():
     model = LlamaTextEncoder(LlamaConfig.tiny())
     ids = torch.zeros(1, 4, dtype=torch.long)

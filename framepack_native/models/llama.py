@@ -199,6 +199,27 @@ class LlamaTextEncoder(nn.Module):
             self._rope_cache = {key: (emb.cos().to(device), emb.sin().to(device))}
         return self._rope_cache[key]
 
+    def drop_layers_after(self, hidden_state_index):
+        """Free the layers (and the final norm) that hidden_state_index never runs: FramePack reads index -3,
+        so the last 2 of Llama-3's 32 layers (~0.8 GiB of bf16) go. Later calls must not ask past it."""
+        n = self.config.num_hidden_layers
+        self._check_index(hidden_state_index)
+        depth = hidden_state_index % (n + 1)
+        if depth < n:
+            del self.layers[depth:]
+            self.norm = None
+        return self
+
+    def _check_index(self, hidden_state_index):
+        n = self.config.num_hidden_layers
+        if not -(n + 1) <= hidden_state_index <= n:
+            raise ValueError(f"hidden_state_index {hidden_state_index} out of range for {n} layers "
+                             f"(valid: {-(n + 1)}..{n})")
+        depth = hidden_state_index % (n + 1)
+        if depth > len(self.layers) or (depth == n and self.norm is None):
+            raise ValueError(f"hidden_state_index {hidden_state_index} needs layers this encoder dropped "
+                             f"(it keeps {len(self.layers)} of {n}; see drop_layers_after)")
+
     def forward(self, input_ids, attention_mask=None, hidden_state_index=-1):
         """input_ids (B, L) int, attention_mask (B, L) 1 = token (right padding) -> (B, L, D).
 
@@ -206,9 +227,7 @@ class LlamaTextEncoder(nn.Module):
         output of layer k, the last one (-1) after the final norm. Layers past the index are not run.
         """
         n = self.config.num_hidden_layers
-        if not -(n + 1) <= hidden_state_index <= n:
-            raise ValueError(f"hidden_state_index {hidden_state_index} out of range for {n} layers "
-                             f"(valid: {-(n + 1)}..{n})")
+        self._check_index(hidden_state_index)
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, L), got shape {tuple(input_ids.shape)}")
         if attention_mask is not None and attention_mask.shape != input_ids.shape:

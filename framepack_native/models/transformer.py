@@ -135,7 +135,7 @@ class FramePackTransformer(nn.Module):
         txt = torch.cat((self.image_in(image_embeds.to(vec.dtype)), txt), dim=1)  # (B, Lc, D): SigLIP + text
         kv_lens = None  # (B,): valid keys of the joint [image, SigLIP, text] sequence; the padding is at its end
         if text_mask is not None:
-            kv_lens = torch.tensor(lengths, dtype=torch.int32, device=txt.device) + n_img + image_embeds.shape[1]
+            kv_lens = text_mask.sum(dim=1, dtype=torch.int32) + (n_img + image_embeds.shape[1])  # on the device
 
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, cos, sin, kv_lens, backend)

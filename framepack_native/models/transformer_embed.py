@@ -103,7 +103,9 @@ class TokenRefiner(nn.Module):
     def forward(self, txt, timestep, mask, backend):
         """txt (B, L, text_dim), timestep (B,), mask bool (B, L) or None (all valid) -> (B, L, D).
 
-        The pooled text is the mean over valid tokens, computed in float32 as the reference does.
+        mask must mark a prefix of each row (valid tokens first, padding after), as the transformer checks:
+        attention reads it as the number of valid tokens. The pooled text is the mean over valid tokens,
+        computed in float32 as the reference does.
         """
         if mask is None:
             pooled = txt.float().mean(dim=1)  # (B, text_dim)

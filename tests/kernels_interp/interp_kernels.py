@@ -109,6 +109,20 @@ def test_attention_batches_with_different_masks():
     check_attention(3, 45, 77, 2, 128, torch.bfloat16, "lens_edges", seed=5)
 
 
+def test_attention_kv_lens_int64_strided_and_out_of_range():
+    # kv_lens as the torch path reads it: int64 values past int32 and below 0 clamp to [0, Lk]; a strided view.
+    gen = torch.Generator().manual_seed(6)
+    B, L, N, Dh = 4, 37, 2, 64
+    q, k, v = (torch.randn(B, L, N, Dh, generator=gen) for _ in range(3))
+    table = torch.tensor([[2**32 + 3, 0], [-2**32 + 3, 0], [5, 0], [L, 0]])  # (B, 2) int64
+    lens = table[:, 0]  # stride 2
+    out = kernels.attention(q, k, v, kv_lens=lens, backend="triton")
+    mask = torch.arange(L)[None, :] < lens.clamp(0, L)[:, None]  # all, none, 5 keys, all
+    ref = reference.attention(q.double(), k.double(), v.double(), kv_mask=mask)
+    assert not out.isnan().any() and out[1].eq(0).all()
+    assert rel_l2(out, ref.masked_fill(~mask.any(1)[:, None, None, None], 0)) < TOL[torch.float32]
+
+
 def test_attention_strided_views_of_a_fused_projection():
     # q/k/v as slices of one (B, L, 3, N, Dh) tensor, and a mask sliced from a wider one: read in place.
     gen = torch.Generator().manual_seed(5)
