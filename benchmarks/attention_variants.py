@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import kernels  # noqa: E402
 from benchmarks.attention import median_times, sdpa  # noqa: E402
-from kernels.triton_attention import LOG2E  # noqa: E402
+from kernels.triton_attention import LOG2E, online_softmax_step  # noqa: E402
 from kernels.triton_util import INTERPRET  # noqa: E402
 
 TILES = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 4)]
@@ -44,16 +44,7 @@ def _tma_block(acc, l_i, m_i, q, k_desc, v_desc, start, offs_n, Lk, qk_scale,
     qk = tl.dot(q, tl.trans(k))  # (BLOCK_M, BLOCK_N)
     if BOUNDS:
         qk += tl.where(start + offs_n < Lk, 0.0, float("-inf"))[None, :]
-    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    p = tl.exp2(qk * qk_scale - m_new[:, None])
-    alpha = tl.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
-    if UPCAST:
-        acc = tl.dot(p.to(DTYPE).to(tl.float32), v, acc)
-    else:
-        acc = tl.dot(p.to(DTYPE), v, acc)
-    return acc, l_i, m_new
+    return online_softmax_step(acc, l_i, m_i, qk, v, qk_scale, DTYPE, False, False, UPCAST)
 
 
 @triton.jit(do_not_specialize=["Lq", "Lk"])

@@ -84,8 +84,18 @@ def _attn_block(
         qk += tl.where(keep, 0.0, float("-inf"))[None, :]
     elif BOUNDS:
         qk += tl.where(in_range, 0.0, float("-inf"))[None, :]
+    return online_softmax_step(acc, l_i, m_i, qk, v, qk_scale, DTYPE, HAS_MASK, IEEE, UPCAST)
+
+
+@triton.jit
+def online_softmax_step(
+    acc, l_i, m_i, qk, v, qk_scale,
+    DTYPE: tl.constexpr, ANY_ROW_EMPTY: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """Folds scores qk (BLOCK_M, BLOCK_N) and values v (BLOCK_N, Dh) into acc (BLOCK_M, Dh), l_i and m_i
+    (BLOCK_M,): running max in base 2, rescale, exp2, p @ v. ANY_ROW_EMPTY: a row may have seen only -inf."""
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    if HAS_MASK:
+    if ANY_ROW_EMPTY:
         # Rows with no visible key so far keep m = -inf; subtract 0 instead so exp2 gives 0, not NaN.
         m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
