@@ -9,11 +9,8 @@ The last --pad keys are padding (batched text): "+lens" passes their valid lengt
 form; the goal is <= 3% over the unpadded call), "+mask" a (B, Lk) bool key mask, as SDPA takes it.
 SDPA runs on (B, N, L, Dh) transposed views, as the torch path does.
 """
-import argparse
 import contextlib
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,67 +19,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import kernels  # noqa: E402
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def timer(device):
-    """fn, inner -> seconds per call (CUDA events on a GPU, perf_counter on the CPU)."""
-    def run(fn, inner):
-        if device.type != "cuda":
-            start = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            return (time.perf_counter() - start) / inner
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        end.synchronize()
-        return begin.elapsed_time(end) / 1e3 / inner
-
-    return run
-
-
-def median_times(fns, device, runs, inner, graph=False):
-    """{name: median seconds per call}; every fn warmed up first (autotuning, compilation), then alternated.
-
-    graph=True (CUDA): each fn's `inner` calls are captured once in a CUDA graph and the replays are timed, so
-    the figure is GPU time alone, without the host's launch overhead (METHOD: many small launches).
-    """
-    run = timer(device)
-    for fn in fns.values():
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    if graph and device.type == "cuda":
-        graphs = {}
-        for name, fn in fns.items():
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                fn()  # a warm-up on a side stream, as torch.cuda.graphs asks before capture
-            torch.cuda.current_stream().wait_stream(stream)
-            graphs[name] = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graphs[name]):
-                for _ in range(inner):
-                    fn()
-        fns, inner_calls = {name: g.replay for name, g in graphs.items()}, inner
-        for replay in fns.values():  # one untimed replay each: first-launch costs stay out of the samples
-            replay()
-        torch.cuda.synchronize()
-        samples = {name: [] for name in fns}
-        for _ in range(runs):
-            for name, fn in fns.items():
-                samples[name].append(run(fn, 1) / inner_calls)
-        return {name: statistics.median(t) for name, t in samples.items()}
-    samples = {name: [] for name in fns}
-    for _ in range(runs):
-        for name, fn in fns.items():
-            samples[name].append(run(fn, inner))
-    return {name: statistics.median(t) for name, t in samples.items()}
-
+from benchmarks.common import DTYPES, kernel_parser, median_times, print_header  # noqa: E402
 
 def sdpa(backend, q, k, v, mask=None):
     """SDPA restricted to one backend (None = torch's choice) on (B, N, L, Dh) views of (B, L, N, Dh) tensors."""
@@ -154,20 +91,10 @@ def bench(lengths, heads=24, head_dim=128, batch=1, dtype=torch.bfloat16, device
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--dtype", choices=DTYPES, default="bf16")
-    p.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 30000])
-    p.add_argument("--heads", type=int, default=24)
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--batch", type=int, default=1)
+    p = kernel_parser(__doc__.splitlines()[0], inner=3)
     p.add_argument("--pad", type=int, default=200, help="padded (masked) keys at the end of each row")
-    p.add_argument("--runs", type=int, default=7)
-    p.add_argument("--inner", type=int, default=3)
     args = p.parse_args()
-    device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device {name} | torch {torch.__version__} | dtype {args.dtype} | median of {args.runs} x {args.inner}")
+    print_header(args)
     bench(args.lengths, args.heads, args.head_dim, args.batch, DTYPES[args.dtype], args.device, args.pad,
           args.runs, args.inner)
 

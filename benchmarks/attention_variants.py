@@ -25,7 +25,8 @@ import triton.language as tl
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import kernels  # noqa: E402
-from benchmarks.attention import median_times, sdpa  # noqa: E402
+from benchmarks.attention import sdpa  # noqa: E402
+from benchmarks.common import median_times, rel_l2  # noqa: E402
 from kernels.triton_attention import LOG2E, online_softmax_step  # noqa: E402
 from kernels.triton_util import INTERPRET  # noqa: E402
 
@@ -122,10 +123,6 @@ def attention_tma(q, k, v, kv_lens=None, tile=(128, 128, 8, 3)):
         BLOCK_M=block_m, BLOCK_N=block_n, **extra,
     )
     return out
-
-
-def rel_l2(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def main():

@@ -12,37 +12,20 @@ Inputs: one prompt through the HunyuanVideo template (95 + 256 = 351 Llama token
 Timing: alternating ours / reference, one warm-up each, median of --runs.
 """
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from benchmarks.common import DTYPES, device_name, median_times, rel_l2  # noqa: E402
 
 
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def bench(fns, runs, device):
-    """fns: {name: callable}. Alternating calls, one warm-up each; returns {name: median seconds}."""
-    times = {k: [] for k in fns}
-    for k, fn in fns.items():
-        fn()
-    for _ in range(runs):
-        for k, fn in fns.items():
-            sync(device)
-            t = time.perf_counter()
-            fn()
-            sync(device)
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+def bench(fns, runs, device="cpu"):
+    """{name: median seconds of one call}, alternating after a warm-up (benchmarks.common.median_times)."""
+    return median_times(fns, torch.device(device), runs, inner=1)
 
 
 def native_from_reference(ref, converter, dtype, device):
@@ -55,10 +38,6 @@ def native_from_reference(ref, converter, dtype, device):
         model = cls(config_from_dict(cls.config_class, fields))
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device=device, dtype=dtype).eval()
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def report(name, shape, medians, err, extra=""):
@@ -82,7 +61,7 @@ def llama(args, dtype):
     fns = {"ours": lambda: ours(ids, mask, hidden_state_index=-1),
            "reference": lambda: ref(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]}
     with torch.no_grad():
-        err = rel_err(fns["ours"](), fns["reference"]())
+        err = rel_l2(fns["ours"](), fns["reference"]())
         medians = bench(fns, args.runs, args.device)
     n = sum(p.numel() for p in ours.layers.parameters())
     tflops = 2 * n * ids.numel() / medians["ours"] / 1e12
@@ -105,7 +84,7 @@ def clip(args, dtype):
     ids = ids.to(args.device)
     fns = {"ours": lambda: ours(ids)[1], "reference": lambda: ref(input_ids=ids).pooler_output}
     with torch.no_grad():
-        err = rel_err(fns["ours"](), fns["reference"]())
+        err = rel_l2(fns["ours"](), fns["reference"]())
         medians = bench(fns, args.runs, args.device)
     report(f"CLIP-L text ({args.clip_layers} layers)", "1 x 77 tokens", medians, err)
 
@@ -121,7 +100,7 @@ def siglip(args, dtype):
     x = (torch.rand(1, 3, 384, 384, generator=torch.Generator().manual_seed(3)) * 2 - 1).to(args.device, dtype)
     fns = {"ours": lambda: ours(x), "reference": lambda: ref(pixel_values=x).last_hidden_state}
     with torch.no_grad():
-        err = rel_err(fns["ours"](), fns["reference"]())
+        err = rel_l2(fns["ours"](), fns["reference"]())
         medians = bench(fns, args.runs, args.device)
     report(f"SigLIP so400m ({args.siglip_layers} layers)", "1 x 3 x 384 x 384", medians, err)
 
@@ -152,24 +131,24 @@ def tokenizers_and_image(args):
            "reference": lambda: ref_l([text], padding="max_length", max_length=351, truncation=True,
                                       return_tensors="pt")}
     same = ours_l([text], 351)[0].tolist() == ref_l([text], padding="max_length", max_length=351)["input_ids"]
-    report("Llama-3 tokenizer", "1 prompt, 351 tokens", bench(fns, args.runs * 4, "cpu"), 0.0 if same else 1.0)
+    report("Llama-3 tokenizer", "1 prompt, 351 tokens", bench(fns, args.runs * 4), 0.0 if same else 1.0)
     if ours_c:
         fns = {"ours": lambda: ours_c([prompt]),
                "reference": lambda: ref_c([prompt], padding="max_length", max_length=77, truncation=True,
                                           return_tensors="pt")}
-        report("CLIP tokenizer", "1 prompt, 77 tokens", bench(fns, args.runs * 4, "cpu"), 0.0)
+        report("CLIP tokenizer", "1 prompt, 77 tokens", bench(fns, args.runs * 4), 0.0)
     g = np.random.default_rng(0)
     image = PIL.Image.fromarray(g.integers(0, 256, (720, 960, 3), dtype=np.uint8))
     vp = VideoProcessor(vae_scale_factor=8)
     fns = {"ours": lambda: vae_pixels(image, 640, 640), "reference": lambda: vp.preprocess(image, 640, 640)}
     err = (fns["ours"]() - fns["reference"]()).abs().max().item()
-    report("VAE preprocessing", "720x960 PIL -> 640x640", bench(fns, args.runs, "cpu"), err, " (max abs)")
+    report("VAE preprocessing", "720x960 PIL -> 640x640", bench(fns, args.runs), err, " (max abs)")
     pixels = vae_pixels(image, 640, 640)
     fe = SiglipImageProcessor(size={"height": 384, "width": 384}, resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     fns = {"ours": lambda: siglip_pixels(pixels),
            "reference": lambda: fe(images=(pixels + 1) / 2.0, return_tensors="pt", do_rescale=False).pixel_values}
     err = (fns["ours"]() - fns["reference"]()).abs().max().item()
-    report("SigLIP preprocessing", "640x640 -> 384x384", bench(fns, args.runs, "cpu"), err, " (max abs)")
+    report("SigLIP preprocessing", "640x640 -> 384x384", bench(fns, args.runs), err, " (max abs)")
 
 
 def main():
@@ -183,7 +162,7 @@ def main():
     parser.add_argument("--only", choices=("llama", "clip", "siglip", "preprocessing"), nargs="*")
     args = parser.parse_args()
     dtype = DTYPES[args.dtype]
-    dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    dev = device_name(args.device)
     import transformers
     print(f"device: {dev}; torch {torch.__version__}; transformers {transformers.__version__}; dtype {args.dtype}; "
           f"median of {args.runs} alternating runs after a warm-up")

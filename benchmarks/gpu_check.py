@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import kernels  # noqa: E402
 from benchmarks import attention as attention_bench  # noqa: E402
+from benchmarks.common import median_times  # noqa: E402
 from benchmarks import rope as rope_bench  # noqa: E402
 from benchmarks.gpu_common import (ONLY, REPORT, attention_case, fp32_attention, log, padding_mask,  # noqa: E402
                                     raw_attention, rel_l2, rope_case, save, step, transformer_inputs)
@@ -62,7 +63,7 @@ def main():
         src = torch.randn(n, device=device, dtype=bf16)
         dst = torch.empty_like(src)
         a, b = (torch.randn(size, size, device=device, dtype=bf16) for _ in range(2))
-        med = attention_bench.median_times({"copy": lambda: dst.copy_(src), "matmul": lambda: a @ b}, device,
+        med = median_times({"copy": lambda: dst.copy_(src), "matmul": lambda: a @ b}, device,
                                            runs=5, inner=5)
         result = dict(copy_gbps=4 * n / med["copy"] / 1e9, matmul_tflops=2 * size**3 / med["matmul"] / 1e12)
         log(f"  copy {result['copy_gbps']:.0f} GB/s (read + write), bf16 matmul {result['matmul_tflops']:.0f} TFLOP/s")
@@ -216,7 +217,7 @@ def main():
                 try:  # a variant that does not compile or fit is a result too
                     fn = functools.partial(raw_attention, module, q, k, v, tile, args.smoke, **kw)
                     row["err"] = rel_l2(fn(), fp32_attention(q, k, v, None if form == "none" else mask))
-                    t = attention_bench.median_times({form: fn}, device, runs=3 if args.smoke else 5,
+                    t = median_times({form: fn}, device, runs=3 if args.smoke else 5,
                                                      inner=1 if args.smoke else 3)[form]
                     row.update(ms=t * 1e3, tflops=flops / t / 1e12)
                 except Exception as exc:  # noqa: BLE001
@@ -250,7 +251,7 @@ def main():
             for backend in ("torch", "triton"):
                 results[f"err_{backend}_bf16_vs_fp32"] = rel_l2(forward(backend), expected)
             if not args.smoke:  # the interpreter takes a minute a forward: no timing there
-                med = attention_bench.median_times({b: functools.partial(forward, b) for b in ("torch", "triton")},
+                med = median_times({b: functools.partial(forward, b) for b in ("torch", "triton")},
                                                    device, runs=5, inner=1)
                 results.update({f"ms_{b}_bf16": t * 1e3 for b, t in med.items()})
         log(f"  {results}")

@@ -7,6 +7,7 @@ import traceback
 import torch
 
 import kernels
+from benchmarks.common import rel_l2
 from kernels import reference
 
 TOL = {torch.float32: 2e-3, torch.float16: 1e-2, torch.bfloat16: 2e-2}
@@ -18,11 +19,6 @@ def log(*parts):
     line = " ".join(str(p) for p in parts)
     print(line, flush=True)
     REPORT["log"].append(line)
-
-
-def rel_l2(ours, ref):
-    ours, ref = ours.double(), ref.double()
-    return ((ours - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 def save(out_dir):

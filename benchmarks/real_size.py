@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.transformer import DTYPES, make_inputs, parser as transformer_parser  # noqa: E402
+from benchmarks.common import DTYPES, device_name, rel_l2  # noqa: E402
+from benchmarks.transformer import make_inputs, parser as transformer_parser  # noqa: E402
 from framepack_native.models.transformer import FramePackTransformer, FramePackTransformerConfig  # noqa: E402
 from framepack_native.models.vae import HunyuanVideoVAE, HunyuanVideoVAEConfig  # noqa: E402
 from framepack_native.offload import streamed_blocks  # noqa: E402
@@ -72,7 +73,7 @@ def main():
     p.add_argument("--out", help="also write the results to this JSON file")
     args = p.parse_args()
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    results = {"device": device_name(device),
                "torch": torch.__version__, "dtype": args.dtype, "date": time.strftime("%Y-%m-%d")}
 
     def report(key, value):
@@ -109,11 +110,8 @@ def main():
                    round(torch.cuda.memory_allocated(device) / GIB, 2) if device.type == "cuda" else 0)
             seconds, peak, streamed = measure(lambda: model(**inputs), device, args.runs)
             report("streamed forward (auto): s, peak GiB", [round(seconds, 3), round(peak / GIB, 2)])
-        def rel(a, b):
-            return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-        report("streamed (auto) vs resident (auto) output, rel. L2", rel(streamed, resident["auto"]))
-        report("resident auto vs resident torch backend output, rel. L2", rel(resident["auto"], resident["torch"]))
+        report("streamed (auto) vs resident (auto) output, rel. L2", rel_l2(streamed, resident["auto"]))
+        report("resident auto vs resident torch backend output, rel. L2", rel_l2(resident["auto"], resident["torch"]))
     del model, resident, streamed
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -9,7 +9,6 @@ normalised, not rotated. GB/s counts one read and one write of x; the goals are 
 >= 70% of the copy's GB/s. On CUDA each implementation is timed twice: called eagerly (host launch overhead
 included; it dominates below ~20k tokens) and replayed from a CUDA graph (GPU time alone).
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import kernels  # noqa: E402
-from benchmarks.attention import DTYPES, median_times  # noqa: E402
+from benchmarks.common import DTYPES, kernel_parser, median_times, print_header  # noqa: E402
 from kernels import reference  # noqa: E402
 
 
@@ -69,21 +68,11 @@ def bench(lengths, heads=24, head_dim=128, batch=1, dtype=torch.bfloat16, device
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--dtype", choices=DTYPES, default="bf16")
-    p.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 30000])
-    p.add_argument("--heads", type=int, default=24)
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--batch", type=int, default=1)
+    p = kernel_parser(__doc__.splitlines()[0], inner=10)
     p.add_argument("--text", type=int, default=256, help="trailing tokens that are normalised, not rotated")
-    p.add_argument("--runs", type=int, default=7)
-    p.add_argument("--inner", type=int, default=10)
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it needs a C compiler on CPU)")
     args = p.parse_args()
-    device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device {name} | torch {torch.__version__} | dtype {args.dtype} | median of {args.runs} x {args.inner}")
+    print_header(args)
     bench(args.lengths, args.heads, args.head_dim, args.batch, DTYPES[args.dtype], args.device, args.text,
           args.runs, args.inner, not args.no_compile)
 

@@ -15,6 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import DTYPES, device_name, rel_l2  # noqa: E402
 from framepack_native.models.loading import config_from_dict  # noqa: E402
 from framepack_native.models.transformer import FramePackTransformer, FramePackTransformerConfig  # noqa: E402
 from framepack_native.sections import section_frame_indices  # noqa: E402
@@ -29,7 +30,6 @@ CONFIGS = {
 }
 COMMON = dict(num_refiner_layers=2, text_embed_dim=4096, pooled_projection_dim=768, image_proj_dim=1152,
               has_image_proj=True, has_clean_x_embedder=True)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def make_inputs(args, device, dtype):
@@ -108,13 +108,12 @@ def compare(args, backends=("auto",)):
         for _ in range(args.runs):
             for name, fn in run.items():
                 times[name].append(timed(fn, device)[0])
-    expected = outs["diffusers"].double()
     return dict(
         config=config, tokens=image_tokens(args),
         ms={name: statistics.median(t) * 1e3 for name, t in times.items()},
         min_ms={name: min(t) * 1e3 for name, t in times.items()},
         runs_ms={name: [round(x * 1e3, 2) for x in t] for name, t in times.items()},
-        err={name: ((o.double() - expected).norm() / expected.norm()).item() for name, o in outs.items()},
+        err={name: rel_l2(o, outs["diffusers"]) for name, o in outs.items()},
     )
 
 
@@ -143,8 +142,7 @@ def main():
         torch.set_num_threads(args.threads)
     result = compare(args, args.backend)
     config, device = result["config"], torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device {name} | torch {torch.__version__} | dtype {args.dtype}")
+    print(f"device {device_name(device)} | torch {torch.__version__} | dtype {args.dtype}")
     print(f"config {args.config}: {config['num_attention_heads']} heads x {config['attention_head_dim']}, "
           f"{config['num_layers']} dual + {config['num_single_layers']} single, 2 refiner layers")
     print(f"inputs: batch {args.batch}, window {args.window}x{args.height}x{args.width} latents + history "
