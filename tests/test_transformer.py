@@ -194,3 +194,34 @@ def test_autograd_path_matches_inference_path(tiny):
     grads = [p.grad for p in ours.parameters()]
     ours.zero_grad(set_to_none=True)
     assert all(g is not None for g in grads)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "autograd"])
+def test_single_block_rows_equal_full_block_rows(grad):
+    """The last single block computes queries, MLP and output for the returned rows only: same values."""
+    from framepack_native.models.transformer_blocks import SingleStreamBlock
+
+    torch.manual_seed(0)
+    block = SingleStreamBlock(32, 2, 16, 128)
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    n_img, rows = 11, slice(4, 11)
+    x, vec = torch.randn(2, 15, 32), torch.randn(2, 32)
+    cos, sin = torch.randn(n_img, 16).cos(), torch.randn(n_img, 16).sin()
+    kv_lens = torch.tensor([15, 13])
+    with torch.set_grad_enabled(grad):
+        full = block(x, vec, cos, sin, n_img, kv_lens, "torch")
+        part = block(x, vec, cos, sin, n_img, kv_lens, "torch", rows=rows)
+    assert part.shape == (2, 7, 32)
+    assert rel_l2(part, full[:, rows]) < 1e-6
+    assert not torch.equal(part, x[:, rows])  # the block changed its input
+
+
+def test_parity_without_single_blocks(reference_store, tmp_path):
+    """No single-stream block: the window is cut from the dual-stream output."""
+    config = {**TINY, "num_single_layers": 0}
+    src = reference_store.get("transformer_tiny_no_single", builder(config))
+    convert(src, tmp_path / "native")
+    ours = FramePackTransformer.from_pretrained(tmp_path / "native", dtype=torch.float32, device="cpu")
+    inputs = make_inputs(config, text_lens=[5, 3], seed=11)
+    assert rel_l2(run_ours(ours, inputs), reference_forward(load(src), inputs)) < TOL

@@ -140,10 +140,14 @@ class FramePackTransformer(nn.Module):
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, cos, sin, kv_lens, backend)
         x = torch.cat((img, txt), dim=1)  # (B, Li+Lc, D)
-        for block in self.single_blocks:
-            x = block(x, vec, cos, sin, n_img, kv_lens, backend)
+        window = slice(n_img - T * h * w, n_img)  # the noisy window's tokens, the only ones returned
+        for i, block in enumerate(self.single_blocks):
+            last = i == len(self.single_blocks) - 1
+            x = block(x, vec, cos, sin, n_img, kv_lens, backend, rows=window if last else None)
+        if not self.single_blocks:
+            x = x[:, window]
 
-        out = self.final_layer(x[:, n_img - T * h * w:n_img], vec)  # (B, T*h*w, pt*p*p*C)
+        out = self.final_layer(x, vec)  # (B, T*h*w, pt*p*p*C)
         return rearrange(out, "B (T h w) (C pt ph pw) -> B C (T pt) (h ph) (w pw)", T=T, h=h, w=w,
                          pt=c.patch_size_t, ph=c.patch_size, pw=c.patch_size)
 

@@ -124,10 +124,17 @@ class SingleStreamBlock(nn.Module):
         self.norm_k = nn.RMSNorm(head_dim, eps=EPS)
         self.linear2 = nn.Linear(hidden_dim + mlp_dim, hidden_dim)
 
-    def forward(self, x, vec, cos, sin, n_img, kv_lens, backend):
-        """x (B, L, D) with the n_img image tokens first, vec (B, D), cos/sin (n_img, Dh), kv_lens (B,) or None."""
+    def forward(self, x, vec, cos, sin, n_img, kv_lens, backend, rows=None):
+        """x (B, L, D) with the n_img image tokens first, vec (B, D), cos/sin (n_img, Dh), kv_lens (B,) or None.
+
+        rows: a slice of image tokens whose output is wanted (the last block: the noisy window); every token
+        still gives keys and values, but queries, MLP and output are computed for these rows only.
+        Returns (B, L, D), or (B, len(rows), D) with rows.
+        """
         D = self.hidden_dim
         (mod,) = self.modulation(vec)
+        if rows is not None:
+            return self._forward_rows(x, mod, cos, sin, n_img, kv_lens, backend, rows)
         h = self.linear1(modulate(x, mod))  # (B, L, 3D + M): [q | k | v | mlp]
         q, k, v = rearrange(h[..., :3 * D], "B L (K N Dh) -> K B L N Dh", K=3, N=self.num_heads)
         q = kernels.rms_norm_rope(q, self.norm_q.weight, cos, sin, eps=EPS, n_rope=n_img, backend=backend)
@@ -142,6 +149,21 @@ class SingleStreamBlock(nn.Module):
             y[..., :D].unflatten(-1, (self.num_heads, -1)).copy_(attn)  # (B, L, N, Dh)
             gelu_tanh(y[..., D:])
         return torch.addcmul(x, mod.gate, self.linear2(y))
+
+    def _forward_rows(self, x, mod, cos, sin, n_img, kv_lens, backend, rows):
+        """forward for the given image rows only: linear1 split by its [q | k | v | mlp] output rows."""
+        D, (weight, bias) = self.hidden_dim, (self.linear1.weight, self.linear1.bias)
+        xm = modulate(x, mod)  # (B, L, D)
+        k, v = rearrange(F.linear(xm, weight[D:3 * D], bias[D:3 * D]), "B L (K N Dh) -> K B L N Dh", K=2,
+                         N=self.num_heads)
+        k = kernels.rms_norm_rope(k, self.norm_k.weight, cos, sin, eps=EPS, n_rope=n_img, backend=backend)
+        xr = xm[:, rows]  # (B, R, D)
+        q = rearrange(F.linear(xr, weight[:D], bias[:D]), "B R (N Dh) -> B R N Dh", N=self.num_heads)
+        q = kernels.rms_norm_rope(q, self.norm_q.weight, cos[rows], sin[rows], eps=EPS, backend=backend)
+        attn = kernels.attention(q, k, v, kv_lens=kv_lens, backend=backend)  # (B, R, N, Dh)
+        mlp = gelu_tanh(F.linear(xr, weight[3 * D:], bias[3 * D:]))  # (B, R, M)
+        y = torch.cat((attn.flatten(2), mlp), dim=-1)  # (B, R, D + M)
+        return torch.addcmul(x[:, rows], mod.gate, self.linear2(y))
 
 
 class FinalLayer(nn.Module):
