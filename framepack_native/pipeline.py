@@ -12,7 +12,7 @@ import torch
 from framepack_native.image import SiglipProcessorConfig, siglip_pixels, vae_pixels
 from framepack_native.models import (CLIPTextEncoder, FramePackTransformer, HunyuanVideoVAE, LlamaTextEncoder,
                                      SiglipVisionEncoder)
-from framepack_native.models.loading import MANIFEST, read_json
+from framepack_native.models.loading import read_manifest
 from framepack_native.noise import randn
 from framepack_native.offload import on_device, streamed_blocks
 from framepack_native.prompt import HIDDEN_STATE_INDEX, encode_prompt
@@ -80,29 +80,32 @@ class FramePackPipeline:
         the transformer one block at a time (framepack_native.offload), so the 13B model runs on a 24 GB GPU.
         """
         root = Path(native_dir)
-        manifest = read_json(root / MANIFEST)
+        manifest = read_manifest(root)
         need = ("transformer", "vae", "text_encoder", "text_encoder_2", "image_encoder")
-        missing = [n for n in need if n not in manifest.get("components", {})]
+        missing = [n for n in need if n not in manifest["components"]]
         missing += [n for n in ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor")
-                    if n not in manifest.get("aux", {})]
+                    if n not in manifest["aux"]]
         if missing:
             raise CheckpointError(f"{root}: incomplete model folder, missing {', '.join(missing)} (convert the "
                                   "pipeline with --transformer and --image-encoder)")
         load_device = "cpu" if offload else device
+        folders = {name: root / entry["path"] for section in ("components", "aux")
+                   for name, entry in manifest[section].items()}
+
+        # The small files first: a damaged one fails in a second, not after minutes of loading weights.
+        small = dict(tokenizer=LlamaTokenizer.from_pretrained(folders["tokenizer"]),
+                     tokenizer_2=CLIPTokenizer.from_pretrained(folders["tokenizer_2"]),
+                     image_processor=SiglipProcessorConfig.from_pretrained(folders["feature_extractor"]),
+                     scheduler=FlowMatchConfig.from_file(folders["scheduler"] / "scheduler_config.json"))
 
         def load(cls_, name):
-            return cls_.from_pretrained(root / manifest["components"][name]["path"], dtype=dtype, device=load_device)
+            return cls_.from_pretrained(folders[name], dtype=dtype, device=load_device)
 
         return cls(
             transformer=load(FramePackTransformer, "transformer"), vae=load(HunyuanVideoVAE, "vae"),
             text_encoder=load(LlamaTextEncoder, "text_encoder").drop_layers_after(HIDDEN_STATE_INDEX),
-            tokenizer=LlamaTokenizer.from_pretrained(
-                root / "tokenizer"),
-            text_encoder_2=load(CLIPTextEncoder, "text_encoder_2"), tokenizer_2=CLIPTokenizer.from_pretrained(
-                root / "tokenizer_2"),
-            image_encoder=load(SiglipVisionEncoder, "image_encoder"),
-            image_processor=SiglipProcessorConfig.from_pretrained(root / "feature_extractor"),
-            scheduler=FlowMatchConfig.from_file(root / "scheduler" / "scheduler_config.json"),
+            text_encoder_2=load(CLIPTextEncoder, "text_encoder_2"),
+            image_encoder=load(SiglipVisionEncoder, "image_encoder"), **small,
             sampling_type=manifest.get("sampling_type") or "inverted_anti_drifting", device=device, offload=offload)
 
     def _on_device(self, module):

@@ -5,11 +5,13 @@ parametrisation lives in a wrapper (FlowModel): `velocity(x, sigma)` for Euler, 
 = x - sigma * v for UniPC (FramePack's `fm_wrapper`).
 """
 import dataclasses
-import json
 import math
 from pathlib import Path
 
 import torch
+
+from framepack_native.configs import config_from_dict, read_json
+from framepack_native.weights import CheckpointError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,13 +36,13 @@ class FlowMatchConfig:
     def from_file(cls, path):
         """Read scheduler_config.json; options that change the schedule and are not implemented are refused."""
         path = Path(path)
-        doc = json.loads(path.read_text())
+        doc = read_json(path)
         for flag in ("invert_sigmas", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
                      "stochastic_sampling", "shift_terminal"):
             if doc.get(flag):
-                raise ValueError(f"{path}: scheduler option {flag}={doc[flag]!r} is not supported")
+                raise CheckpointError(f"{path}: scheduler option {flag}={doc[flag]!r} is not supported")
         fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in doc.items() if k in fields and v is not None})
+        return config_from_dict(cls, {k: v for k, v in doc.items() if k in fields and v is not None}, path)
 
 
 def shift_mu(seq_len, config=FlowMatchConfig(), exp_max=7.0):

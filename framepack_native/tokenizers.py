@@ -6,12 +6,14 @@ tokenizer.model (Llama-3's tiktoken ranks, or a SentencePiece model). CLIPTokeni
 `tok(texts, max_length=M, padding="max_length", truncation=True)`.
 """
 import base64
-import json
 from pathlib import Path
 
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE
+
+from framepack_native.configs import check_field, read_json
+from framepack_native.weights import CheckpointError
 
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 # Llama-3's pre-tokenizer split (the `pat_str` of Meta's tiktoken tokenizer).
@@ -21,29 +23,49 @@ LLAMA3_NUM_RESERVED = 256
 CLIP_SPLIT = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
 
 
-def _read_json(path):
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot read tokenizer file ({e})") from None
+TOKEN_FLAGS = ("single_word", "lstrip", "rstrip", "normalized")
+# tokenizer_config.json fields read here, when not null: their JSON kinds
+CONFIG_KINDS = {"padding_side": str, "truncation_side": str, "add_bos_token": bool, "add_eos_token": bool,
+                "model_max_length": float, "added_tokens_decoder": dict}
 
 
-def _token(value):
+def _token(value, where=None, field=None):
     """An AddedToken from a config entry: a string or transformers' serialized {"content": ...} dict."""
     if isinstance(value, dict):
-        flags = {k: value[k] for k in ("single_word", "lstrip", "rstrip", "normalized") if k in value}
+        check_field(where, f"{field}.content", value.get("content"), str)
+        for flag in TOKEN_FLAGS:
+            if flag in value:
+                check_field(where, f"{field}.{flag}", value[flag], bool)
+        flags = {k: value[k] for k in TOKEN_FLAGS if k in value}
         return AddedToken(value["content"], special=True, **{"normalized": False, **flags})
-    return AddedToken(str(value), special=True, normalized=False)
+    check_field(where, field, value, str)
+    return AddedToken(value, special=True, normalized=False)
+
+
+def _check_config(config, path):
+    """Check the tokenizer_config.json fields this module reads (kinds, padding sides, added token ids)."""
+    for key, kind in CONFIG_KINDS.items():
+        if config.get(key) is not None:
+            check_field(path, key, config[key], kind)
+    for key in ("padding_side", "truncation_side"):
+        if config.get(key) not in (None, "left", "right"):
+            raise CheckpointError(f"{path}: field {key!r} must be 'left' or 'right', got {config[key]!r}")
+    for token_id, entry in (config.get("added_tokens_decoder") or {}).items():
+        if not token_id.isdigit():
+            raise CheckpointError(f"{path}: field 'added_tokens_decoder' has a key {token_id!r} that is not a token id")
+        check_field(path, f"added_tokens_decoder.{token_id}", entry, dict)
+        _token(entry, path, f"added_tokens_decoder.{token_id}")
 
 
 def read_special_tokens(folder):
     """{key: AddedToken} from special_tokens_map.json, overridden by tokenizer_config.json; plus the config."""
     folder = Path(folder)
     config_path, map_path = folder / "tokenizer_config.json", folder / "special_tokens_map.json"
-    config = _read_json(config_path) if config_path.is_file() else {}
+    config = read_json(config_path) if config_path.is_file() else {}
+    _check_config(config, config_path)
     special = {}
-    for doc in (_read_json(map_path) if map_path.is_file() else {}, config):
-        special.update({k: _token(doc[k]) for k in SPECIAL_KEYS if doc.get(k)})
+    for path, doc in ((map_path, read_json(map_path) if map_path.is_file() else {}), (config_path, config)):
+        special.update({k: _token(doc[k], path, k) for k in SPECIAL_KEYS if doc.get(k)})
     return special, config
 
 
@@ -297,21 +319,23 @@ class CLIPTokenizer:
         folder = Path(folder)
         special, config = read_special_tokens(folder)
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            vocab = _read_json(folder / "vocab.json")
+            vocab = read_json(folder / "vocab.json")
             lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
             if lines and lines[0].startswith("#version"):
                 lines = lines[1:]
             merges = [tuple(line.split(" ")) for line in lines if line]
         elif (folder / "tokenizer.json").is_file():
-            model = _read_json(folder / "tokenizer.json").get("model", {})
+            model = read_json(folder / "tokenizer.json").get("model", {})
+            check_field(folder / "tokenizer.json", "model", model, dict)
             vocab = model.get("vocab")
-            merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
+            merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) if isinstance(m, list) else (m,)
+                      for m in model.get("merges") or []]
         else:
             raise ValueError(f"{folder}: no vocab.json + merges.txt or tokenizer.json")
         bad = [m for m in merges if len(m) != 2]
         if not isinstance(vocab, dict) or bad:
             raise ValueError(f"{folder}: malformed CLIP vocabulary" + (f" (merge {bad[0]!r})" if bad else ""))
-        max_length = config.get("model_max_length", 77)
+        max_length = config.get("model_max_length") or 77
         return cls(vocab, merges, special, max_length if max_length <= 1_000_000 else 77,
                    config.get("padding_side", "right"), config.get("truncation_side", "right"))
 

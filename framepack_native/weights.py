@@ -3,7 +3,7 @@
 Headers are parsed and validated here (the safetensors format is 8 bytes of little-endian header
 length, a JSON header, then raw little-endian data); each tensor is read through its own memory
 map window, cast and moved, and the window closed, so peak host memory stays near one tensor.
-Pickle checkpoints are refused, never unpickled.
+Pickle checkpoints are refused, never unpickled. The JSON files beside the weights: framepack_native.configs.
 """
 import contextlib
 import json
@@ -122,6 +122,9 @@ class Checkpoint:
     def dtype(self, name):
         return self._index[name][1]
 
+    def file(self, name):
+        return self._index[name][0]
+
     def nbytes(self, name):
         _, _, _, start, end = self._index[name]
         return end - start
@@ -170,6 +173,16 @@ class Checkpoint:
         return out
 
 
+def _weight_map(index):
+    """{tensor: shard file name} of a *.safetensors.index.json, checked."""
+    from framepack_native.configs import read_json  # configs imports this module's CheckpointError
+
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: damaged index file (weight_map must map tensor names to file names)")
+    return weight_map
+
+
 def checkpoint_files(path):
     """The safetensors files of a checkpoint path: a file, a sharded folder (index.json) or a plain folder."""
     path = Path(path)
@@ -185,13 +198,7 @@ def checkpoint_files(path):
     if len(indexes) > 1:
         raise CheckpointError(f"{path}: several index files ({', '.join(p.name for p in indexes)})")
     if indexes:
-        try:
-            weight_map = json.loads(indexes[0].read_text())["weight_map"]
-            if not all(isinstance(v, str) for v in weight_map.values()):
-                raise TypeError("weight_map values must be file names")
-            shards = sorted(set(weight_map.values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{indexes[0]}: damaged index file ({e})") from None
+        shards = sorted(set(_weight_map(indexes[0]).values()))
         for shard in shards:
             if Path(shard).name != shard:
                 raise CheckpointError(f"{indexes[0]}: shard name {shard!r} points outside the folder")
@@ -201,6 +208,9 @@ def checkpoint_files(path):
                 raise CheckpointError(f"{indexes[0]}: shard {shard} is missing from {path}")
         return [path / s for s in shards]
     files = sorted(path.glob("*.safetensors"))
+    for f in files:
+        if not f.is_file():
+            raise CheckpointError(f"{f}: is a folder, not a safetensors file")
     if not files:
         pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
@@ -216,8 +226,7 @@ def open_checkpoint(path):
     ckpt = Checkpoint(files)
     index = sorted(path.glob("*.safetensors.index.json")) if path.is_dir() else []
     if index:
-        weight_map = json.loads(index[0].read_text())["weight_map"]
-        missing = sorted(set(weight_map) - set(ckpt.keys()))
+        missing = sorted(set(_weight_map(index[0])) - set(ckpt.keys()))
         if missing:
             raise CheckpointError(f"{index[0]}: tensors listed but not in any shard: {_short(missing)}")
     return ckpt
@@ -249,6 +258,25 @@ def check_keys(expected, found, where):
         raise CheckpointError(f"{where}: tensors do not match the model: " + "; ".join(parts))
 
 
+def check_dtype(stored, expected, where, name):
+    """Raise CheckpointError unless a stored dtype can fill a model tensor: floating for floating, else the same."""
+    if stored == expected or stored.is_floating_point and expected.is_floating_point:
+        return
+    need = "a floating-point dtype" if expected.is_floating_point else DTYPE_NAMES.get(expected, str(expected))
+    raise CheckpointError(f"{where}: tensor {name!r} is stored as {DTYPE_NAMES.get(stored, stored)}, "
+                          f"the model needs {need}")
+
+
+def check_checkpoint(model, checkpoint):
+    """Raise one CheckpointError if the checkpoint's names, shapes or dtypes do not fit `model`'s state dict."""
+    where = checkpoint.files[0].parent if len(checkpoint.files) > 1 else checkpoint.files[0]
+    model_state = model.state_dict(keep_vars=True)
+    check_keys({k: tuple(v.shape) for k, v in model_state.items()},
+               {k: checkpoint.shape(k) for k in checkpoint.keys()}, where)
+    for name, t in model_state.items():
+        check_dtype(checkpoint.dtype(name), t.dtype, checkpoint.file(name), name)
+
+
 def load_state(model, checkpoint, dtype=None, device="cpu"):
     """Load a checkpoint into `model` (typically built on the meta device): strict, assign, tensor by tensor.
 
@@ -256,9 +284,8 @@ def load_state(model, checkpoint, dtype=None, device="cpu"):
     """
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = open_checkpoint(checkpoint)
-    where = checkpoint.files[0].parent if len(checkpoint.files) > 1 else checkpoint.files[0]
-    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
-    check_keys(expected, {k: checkpoint.shape(k) for k in checkpoint.keys()}, where)
+    check_checkpoint(model, checkpoint)
+    expected = model.state_dict(keep_vars=True)
     state = {}
     for name in expected:
         floating = checkpoint.dtype(name).is_floating_point

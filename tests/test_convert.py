@@ -5,19 +5,26 @@ norm_out, a dropped head) converted to a native one (fused qkv, (shift, scale) o
 """
 import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
 from torch import nn
 
+import weights_convert.folders
 import weights_convert.registry
 from framepack_native.models.loading import load_pretrained
 from framepack_native.weights import CheckpointError
 from weights_convert import ConversionError, Converter, Drop, Rule, convert, invert, verify
+from weights_convert.__main__ import main
 from weights_convert.core import build_plan, convert_state
+from weights_convert.folders import convert_component, sha256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,14 +157,18 @@ def test_existing_folder_refused_and_overwrite(tmp_path):
     ("wrong_shape", "mis-shaped"),
     ("pickle", "never loaded"),
     ("bad_config", "dim must be even"),
+    ("int_weight", "diffusion_pytorch_model.safetensors: tensor 'layers.1.attn.to_k.weight' is stored as I32, "
+                   "the model needs a floating-point dtype"),
 ])
 def test_failed_conversion_leaves_nothing(tmp_path, damage, message):
     state = toy_source(tmp_path / "src")
     src = tmp_path / "src"
     if damage == "unknown_arch":
         (src / "config.json").write_text(json.dumps({"_class_name": "NotAModel"}))
-    elif damage in ("unmapped", "missing_partner", "wrong_shape"):
-        if damage == "unmapped":
+    elif damage in ("unmapped", "missing_partner", "wrong_shape", "int_weight"):
+        if damage == "int_weight":
+            state["layers.1.attn.to_k.weight"] = state["layers.1.attn.to_k.weight"].to(torch.int32)
+        elif damage == "unmapped":
             state["layers.0.extra"] = torch.zeros(2)
         elif damage == "missing_partner":
             del state["layers.1.attn.to_k.weight"]
@@ -170,8 +181,78 @@ def test_failed_conversion_leaves_nothing(tmp_path, damage, message):
     elif damage == "bad_config":
         (src / "config.json").write_text(json.dumps({"_class_name": "ToyDiffusersModel", "hidden": 7, "layers": 1}))
     with pytest.raises((ConversionError, CheckpointError), match=message):
-        convert(src, tmp_path / "dst")
+        convert(src, tmp_path / "new" / "parents" / "dst")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # nor the parent folders it had to create
+
+
+def test_missing_source_creates_nothing(tmp_path, capsys):
+    assert main([str(tmp_path / "nope"), str(tmp_path / "x" / "y" / "dst")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nope'}: no such folder\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_refuses_an_integer_weight(tmp_path):
+    toy_source(tmp_path / "src")
+    dst = convert(tmp_path / "src", tmp_path / "dst")
+    weights = dst / "model.safetensors"
+    state = safetensors.torch.load_file(weights)
+    state["norm_out.bias"] = state["norm_out.bias"].to(torch.int32)
+    safetensors.torch.save_file(state, weights)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["components"]["toy"]["files"]["model.safetensors"] = sha256(weights)
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="model.safetensors: tensor 'norm_out.bias' is stored as I32"):
+        verify(dst)
+
+
+def _interrupt_mid_conversion(monkeypatch, how):
+    """Make the toy conversion stop after its weights are written: a KeyboardInterrupt or a real SIGTERM."""
+    def stop(*args, **kwargs):
+        convert_component(*args, **kwargs)
+        if how == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+        raise KeyboardInterrupt
+    monkeypatch.setattr(weights_convert.folders, "convert_component", stop)
+
+
+@pytest.mark.parametrize("how, code, line", [("ctrl_c", 130, "interrupted; nothing written\n"),
+                                             ("sigterm", 143, "terminated; nothing written\n")])
+def test_interrupted_conversion_leaves_nothing_and_prints_one_line(tmp_path, monkeypatch, capsys, how, code, line):
+    toy_source(tmp_path / "src")
+    _interrupt_mid_conversion(monkeypatch, how)
+
+    def unhandled(signum, frame):
+        raise AssertionError("SIGTERM reached the test: the converter installed no handler")
+
+    previous = signal.signal(signal.SIGTERM, unhandled)  # without the fix, SIGTERM would end pytest itself
+    try:
+        assert main([str(tmp_path / "src"), str(tmp_path / "out" / "dst")]) == code
+    except KeyboardInterrupt:  # would otherwise stop the whole pytest session
+        pytest.fail("KeyboardInterrupt escaped the converter's command line")
+    finally:
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # the converter put the previous handler back
+        signal.signal(signal.SIGTERM, previous)
+    assert capsys.readouterr().err == line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_interrupted_overwrite_keeps_the_old_folder(tmp_path, monkeypatch):
+    toy_source(tmp_path / "src")
+    convert(tmp_path / "src", tmp_path / "dst")
+    (tmp_path / "dst" / "mine.txt").write_text("old")
+    rename = Path.rename
+
+    def stop_before_the_new_folder_moves_in(self, target):
+        if self.name.endswith(".partial"):
+            raise KeyboardInterrupt
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", stop_before_the_new_folder_moves_in)
+    with pytest.raises(KeyboardInterrupt):
+        convert(tmp_path / "src", tmp_path / "dst", overwrite=True)
+    assert (tmp_path / "dst" / "mine.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]
 
 
 def test_rule_placeholders_must_agree():

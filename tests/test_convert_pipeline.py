@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from framepack_native import FramePackPipeline
-from framepack_native.weights import open_checkpoint
+from framepack_native.weights import CheckpointError, open_checkpoint
 from tests.reference.pipeline import build_pipeline
 from weights_convert.__main__ import main
 from weights_convert.core import apply_step, build_plan
@@ -71,6 +71,23 @@ def test_converted_download_generates(converted, capsys):
     video = pipe(torch.rand(3, 40, 56), "a lighthouse", height=32, width=48, num_frames=5, latent_window_size=2,
                  num_inference_steps=2, sampler="unipc", generator=torch.Generator().manual_seed(0))
     assert video.shape == (1, 9, 3, 32, 48) and torch.isfinite(video).all()
+
+
+@pytest.mark.parametrize("file, text, message", [
+    ("scheduler/scheduler_config.json", '{"shift": "x"}', "field 'shift' must be a finite number, got \"x\""),
+    ("scheduler/scheduler_config.json", '{"shift": NaN}', "field 'shift' must be a finite number, got NaN"),
+    ("scheduler/scheduler_config.json", "{", "not valid JSON"),
+    ("tokenizer/tokenizer_config.json", "[]", "expected a JSON object at the top level, got a list"),
+    ("text_encoder_2/config.json", '{"class": "CLIPTextEncoder", "format_version": 1, "config": {"hidden_size": 6.5}}',
+     "field 'hidden_size' must be an integer, got 6.5"),
+])
+def test_damaged_config_in_a_converted_folder_named(converted, tmp_path, file, text, message):
+    root = tmp_path / "native"
+    shutil.copytree(converted, root)
+    (root / file).write_text(text)
+    with pytest.raises(CheckpointError) as info:
+        FramePackPipeline.from_pretrained(root, dtype=torch.float32, device="cpu")
+    assert str(info.value).startswith(f"{root / file}: ") and message in str(info.value), str(info.value)
 
 
 def test_f1_download_defaults_to_vanilla(download, tmp_path):
@@ -135,6 +152,12 @@ def hostile(case, transformer):
         cfg["num_single_layers"] += 1
         (transformer / "config.json").write_text(json.dumps(cfg))
         return "missing"
+    if case == "integer_weight":  # same bytes, relabelled: only a dtype check can catch it
+        def edit(h):
+            name = _first_tensor(h)
+            h[name]["dtype"] = {"F32": "I32", "BF16": "I16", "F16": "I16"}[h[name]["dtype"]]
+        _rewrite_header(shard, edit)
+        return "the model needs a floating-point dtype"
     if case == "truncated_shard":
         shard.write_bytes(shard.read_bytes()[:-100])
         return "truncated"
@@ -142,7 +165,8 @@ def hostile(case, transformer):
 
 
 @pytest.mark.parametrize("case", ["offsets_past_end", "overlapping_ranges", "huge_header_length", "pickle_shard",
-                                  "unknown_architecture", "config_weight_mismatch", "truncated_shard"])
+                                  "unknown_architecture", "config_weight_mismatch", "truncated_shard",
+                                  "integer_weight"])
 def test_hostile_input_refused(download, tmp_path, case, capsys):
     transformer = tmp_path / "FramePackI2V_HY"
     shutil.copytree(download["transformer"], transformer)
@@ -152,7 +176,7 @@ def test_hostile_input_refused(download, tmp_path, case, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err, err
-    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()  # nor the parent folder conversion had to create
 
 
 def test_existing_destination_refused(download, tmp_path, capsys):

@@ -125,6 +125,21 @@ def test_load_state_into_meta_model(tmp_path, dtype):
     assert not any(p.is_meta for p in model.parameters())
 
 
+@pytest.mark.parametrize("name, stored, message", [
+    ("a.weight", torch.int32, "tensor 'a.weight' is stored as I32, the model needs a floating-point dtype"),
+    ("steps", torch.int32, "tensor 'steps' is stored as I32, the model needs I64"),
+    ("steps", torch.float32, "tensor 'steps' is stored as F32, the model needs I64"),
+])
+def test_load_state_refuses_a_stored_dtype_the_model_cannot_take(tmp_path, name, stored, message):
+    state = tiny_state()
+    state[name] = state[name].to(stored)
+    save_safetensors(tmp_path / "m.safetensors", state)
+    with torch.device("meta"):
+        model = Tiny()
+    with pytest.raises(CheckpointError, match=f"m.safetensors: {message}"):
+        load_state(model, tmp_path / "m.safetensors", dtype=torch.float32, device="cpu")
+
+
 def test_load_state_reports_missing_unexpected_and_misshaped_at_once(tmp_path):
     state = tiny_state()
     del state["a.bias"]
@@ -232,7 +247,7 @@ def test_index_pointing_to_missing_shard_or_outside(tmp_path):
     with pytest.raises(CheckpointError, match="damaged index file"):
         open_checkpoint(tmp_path)
     (tmp_path / "m.safetensors.index.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="damaged index file"):
+    with pytest.raises(CheckpointError, match="m.safetensors.index.json: not valid JSON"):
         open_checkpoint(tmp_path)
 
 

@@ -2,6 +2,7 @@
 import argparse
 import sys
 
+from framepack_native.interrupts import Terminated, sigterm_raises
 from framepack_native.weights import CheckpointError
 from weights_convert.folders import DTYPES, SAMPLING_TYPES, convert, verify
 from weights_convert.core import ConversionError
@@ -32,21 +33,32 @@ def build_parser(parser=None):
 def run(args):
     """Run a parsed command line; returns the exit code. Bad input: one line on stderr, code 2."""
     try:
-        if args.verify:
-            manifest = verify(args.verify)
-            print(f"{args.verify}: ok ({', '.join(manifest['components'])})")
-            return 0
-        if not args.src or not args.dst:
-            print("error: SRC and DST are required (or --verify DIR)", file=sys.stderr)
-            return 2
-        dst = convert(args.src, args.dst, DTYPES[args.dtype], transformer=args.transformer,
-                      image_encoder=args.image_encoder, overwrite=args.overwrite,
-                      sampling_type=args.sampling_type)
-        print(f"wrote {dst}")
-        return 0
+        with sigterm_raises():
+            return _run(args)
     except (CheckpointError, ConversionError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing written", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("terminated; nothing written", file=sys.stderr)
+        return 143
+
+
+def _run(args):
+    """Verify DIR, or convert SRC into DST; returns the exit code."""
+    if args.verify:
+        manifest = verify(args.verify)
+        print(f"{args.verify}: ok ({', '.join(manifest['components'])})")
+        return 0
+    if not args.src or not args.dst:
+        print("error: SRC and DST are required (or --verify DIR)", file=sys.stderr)
+        return 2
+    dst = convert(args.src, args.dst, DTYPES[args.dtype], transformer=args.transformer,
+                  image_encoder=args.image_encoder, overwrite=args.overwrite, sampling_type=args.sampling_type)
+    print(f"wrote {dst}")
+    return 0
 
 
 def main(argv=None):

@@ -2,7 +2,7 @@
 
 Hub checkpoints carry a "text_model." prefix, transformers 5 saves without it: both convert.
 """
-from weights_convert.core import Converter, Drop, Rule
+from weights_convert.core import Converter, Drop, Rule, source_field
 
 
 def block_rules(layer):
@@ -19,19 +19,15 @@ def block_rules(layer):
     ]
 
 
+DEFAULTS = dict(  # transformers' CLIPTextConfig defaults
+    vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
+    max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5, eos_token_id=49407,
+)
+
+
 def convert_config(src):
     """Native CLIPTextConfig fields; missing entries take transformers' CLIPTextConfig defaults."""
-    return dict(
-        vocab_size=src.get("vocab_size", 49408),
-        hidden_size=src.get("hidden_size", 512),
-        intermediate_size=src.get("intermediate_size", 2048),
-        num_hidden_layers=src.get("num_hidden_layers", 12),
-        num_attention_heads=src.get("num_attention_heads", 8),
-        max_position_embeddings=src.get("max_position_embeddings", 77),
-        hidden_act=src.get("hidden_act", "quick_gelu"),
-        layer_norm_eps=src.get("layer_norm_eps", 1e-5),
-        eos_token_id=src.get("eos_token_id", 49407),
-    )
+    return {name: source_field(src, name, default) for name, default in DEFAULTS.items()}
 
 
 def rules(cfg):

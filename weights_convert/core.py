@@ -15,11 +15,27 @@ from typing import Callable
 
 import torch
 
+from framepack_native.configs import check_field
 from framepack_native.weights import CheckpointError
+
+REQUIRED = object()
 
 
 class ConversionError(ValueError):
     """A source checkpoint that cannot be converted: unknown architecture, unmapped or missing tensors."""
+
+
+def source_field(src, name, default=REQUIRED, kind=None):
+    """src[name] checked to be of `kind` (else the default's kind); absent: the default; null: allowed if it is None."""
+    value = src.get(name, default)
+    if value is REQUIRED:
+        raise ConversionError(f"field {name!r} is missing")
+    if value is None and default is None:
+        return None
+    if kind is None:
+        kind = (type(default[0]),) if isinstance(default, (list, tuple)) else type(default)
+    check_field(None, name, value, kind, ConversionError)
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +179,8 @@ def find_converter(config, where):
     names = []
     if isinstance(config.get("_class_name"), str):
         names.append(config["_class_name"])
-    names += [a for a in (config.get("architectures") or []) if isinstance(a, str)]
+    if isinstance(config.get("architectures"), list):
+        names += [a for a in config["architectures"] if isinstance(a, str)]
     table = converters()
     for conv in table:
         if any(n in conv.source_classes for n in names):

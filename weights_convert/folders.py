@@ -6,6 +6,7 @@ DST layout:
     <component>/config.json + model*.safetensors   (path "." when SRC was a single component)
     tokenizer/, tokenizer_2/, scheduler/, feature_extractor/   (config and vocabulary files, copied)
 """
+import contextlib
 import hashlib
 import json
 import shutil
@@ -14,10 +15,11 @@ from pathlib import Path
 
 import torch
 
-from framepack_native.models.loading import FORMAT_VERSION, MANIFEST, config_from_dict, read_json
+from framepack_native.configs import config_from_dict, read_json
+from framepack_native.models.loading import FORMAT_VERSION, MANIFEST, read_manifest
 from framepack_native.sections import SAMPLING_TYPES
-from framepack_native.weights import (CheckpointError, file_mode, open_checkpoint, save_sharded,
-                                      write_text_atomic)
+from framepack_native.weights import (CheckpointError, check_checkpoint, check_dtype, file_mode, open_checkpoint,
+                                      save_sharded, write_text_atomic)
 from weights_convert.core import ConversionError, apply_step, build_plan, check_plan, find_converter, planned_shape
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -37,36 +39,40 @@ def sha256(path, chunk=16 * 1024 * 1024):
 def convert_component(converter, src, dst, dtype, max_shard_bytes=SHARD_BYTES):
     """Stream one component from a reference folder into native folder `dst`. Returns its manifest entry."""
     src, dst = Path(src), Path(dst)
-    src_config = read_json(src / "config.json")
+    config_path = src / "config.json"
     cls = converter.load_class()
-    native_fields = converter.config(src_config)
     try:
-        config = config_from_dict(cls.config_class, native_fields)
-    except (TypeError, ValueError) as e:
-        raise ConversionError(f"{src / 'config.json'}: {e}") from None
+        native_fields = converter.config(read_json(config_path))
+    except ConversionError as e:
+        raise ConversionError(f"{config_path}: {e}") from None
+    config = config_from_dict(cls.config_class, native_fields, config_path)
     with torch.device("meta"):
         model = cls(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    model_state = model.state_dict(keep_vars=True)
+    expected = {k: tuple(v.shape) for k, v in model_state.items()}
+    model_dtypes = {k: v.dtype for k, v in model_state.items()}
     ckpt = open_checkpoint(src)
     steps = build_plan(converter.rules(native_fields), {k: ckpt.shape(k) for k in ckpt.keys()})
     check_plan(steps, expected, src)
+    for step in steps:
+        for name in step.srcs:
+            check_dtype(ckpt.dtype(name), model_dtypes[step.dst], ckpt.file(name), name)
     by_dst = {s.dst: s for s in steps}
 
-    def out_dtype(step):
-        src_dtype = ckpt.dtype(step.srcs[0])
-        return dtype if src_dtype.is_floating_point else src_dtype
+    def out_dtype(name):
+        return dtype if model_dtypes[name].is_floating_point else model_dtypes[name]
 
-    specs = [(name, planned_shape(by_dst[name]), out_dtype(by_dst[name])) for name in expected]
+    specs = [(name, planned_shape(by_dst[name]), out_dtype(name)) for name in expected]
 
     def fetch(name):
         step = by_dst[name]
         if step.op in ("cat0", "cat1"):  # fused: each source copied straight into its slice, no temporaries
             dim = int(step.op[-1])
-            out = torch.empty(planned_shape(step), dtype=out_dtype(step))
+            out = torch.empty(planned_shape(step), dtype=out_dtype(name))
             for part, src in zip(out.split([s[dim] for s in step.src_shapes], dim=dim), step.srcs):
                 ckpt.read_into(src, part)
             return out
-        tensors = [ckpt.get(n, dtype=out_dtype(step)) for n in step.srcs]
+        tensors = [ckpt.get(n, dtype=out_dtype(name)) for n in step.srcs]
         return apply_step(step, tensors).contiguous()
 
     dst.mkdir(parents=True, exist_ok=True)
@@ -116,18 +122,13 @@ def _component_sources(src, transformer, image_encoder):
     return models, aux
 
 
-def _prepare_dst(dst, overwrite):
-    dst = Path(dst)
+def _check_dst(dst, overwrite):
+    """Refuse a DST that is a file, or a non-empty folder without overwrite. Creates nothing."""
     if dst.exists():
         if not dst.is_dir():
             raise ConversionError(f"{dst}: exists and is not a folder")
-        stale = dst.with_name(f".{dst.name}.old")
-        if overwrite and stale.exists():  # left by an interrupted --overwrite
-            shutil.rmtree(stale)
         if any(dst.iterdir()) and not overwrite:
             raise ConversionError(f"{dst}: folder exists and is not empty (pass --overwrite to replace it)")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    return dst
 
 
 def guess_sampling_type(transformer_dir):
@@ -146,18 +147,25 @@ def convert(src, dst, dtype=torch.float32, *, transformer=None, image_encoder=No
     """
     if sampling_type is not None and sampling_type not in SAMPLING_TYPES:
         raise ConversionError(f"unknown sampling type {sampling_type!r}; expected one of {SAMPLING_TYPES}")
-    for source in (src, transformer, image_encoder):
-        if source is not None and Path(dst).resolve() in (Path(source).resolve(), *Path(source).resolve().parents):
-            raise ConversionError(f"{dst}: would overwrite its own source {source}")
-    src, dst = Path(src), _prepare_dst(dst, overwrite)
+    src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise ConversionError(f"{src}: no such folder")
+    for source in (src, transformer, image_encoder):
+        if source is not None and dst.resolve() in (Path(source).resolve(), *Path(source).resolve().parents):
+            raise ConversionError(f"{dst}: would overwrite its own source {source}")
+    _check_dst(dst, overwrite)
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]
     models, aux = _component_sources(src, transformer, image_encoder)
     single = not (src / "model_index.json").is_file() and not transformer and not image_encoder
-    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial"))
+    stale = dst.with_name(f".{dst.name}.old")
+    if overwrite and stale.exists():  # left by an interrupted --overwrite
+        shutil.rmtree(stale)
+    created = [p for p in reversed(dst.parents) if not p.exists()]  # outermost first; removed again on failure
+    tmp, replaced = None, False
     try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial"))
         tmp.chmod(file_mode(folder=True))
         manifest = {"format": "framepack_native", "format_version": FORMAT_VERSION, "components": {}, "aux": {},
                     "sampling_type": None}
@@ -177,14 +185,20 @@ def convert(src, dst, dtype=torch.float32, *, transformer=None, image_encoder=No
         write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
         verify(tmp)
         if dst.exists():
-            old = dst.with_name(f".{dst.name}.old")
-            dst.rename(old)
+            dst.rename(stale)
+            replaced = True
             tmp.rename(dst)
-            shutil.rmtree(old)
+            shutil.rmtree(stale)
         else:
             tmp.rename(dst)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if replaced and not dst.exists():  # stopped between the two renames: put the old folder back
+            stale.rename(dst)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     return dst
 
@@ -192,16 +206,13 @@ def convert(src, dst, dtype=torch.float32, *, transformer=None, image_encoder=No
 def verify(folder):
     """Re-check a native folder: every file's SHA-256, every component's tensors against its model."""
     from framepack_native.models.loading import read_config
-    from framepack_native.weights import check_keys
     from weights_convert.registry import converters
 
     folder = Path(folder)
-    manifest = read_json(folder / MANIFEST)
-    if manifest.get("format") != "framepack_native" or manifest.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{folder / MANIFEST}: not a framepack_native manifest of version {FORMAT_VERSION}")
+    manifest = read_manifest(folder)
     classes = {c.native_class.split(":")[1]: c for c in converters()}
     for section in ("components", "aux"):
-        for name, entry in manifest.get(section, {}).items():
+        for name, entry in manifest[section].items():
             for fname, digest in entry["files"].items():
                 path = folder / entry["path"] / fname
                 if not path.is_file():
@@ -215,7 +226,5 @@ def verify(folder):
         config = read_config(cls, folder / entry["path"])
         with torch.device("meta"):
             model = cls(config)
-        ckpt = open_checkpoint(folder / entry["path"])
-        check_keys({k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()},
-                   {k: ckpt.shape(k) for k in ckpt.keys()}, folder / entry["path"])
+        check_checkpoint(model, open_checkpoint(folder / entry["path"]))
     return manifest

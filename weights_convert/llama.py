@@ -3,39 +3,39 @@
 q/k/v fuse into one projection, gate/up into another. LlamaForCausalLM folders ("model." prefix) also
 convert; their LM head is dropped.
 """
-from weights_convert.core import ConversionError, Converter, Drop, Rule
+from weights_convert.core import ConversionError, Converter, Drop, Rule, source_field
 
 
 def convert_config(src):
     """Native LlamaConfig fields from a transformers Llama config.json (v4 rope_scaling or v5 rope_parameters)."""
-    if src.get("hidden_act", "silu") != "silu":
+    if source_field(src, "hidden_act", "silu") != "silu":
         raise ConversionError(f"Llama hidden_act {src['hidden_act']!r} is not supported (only 'silu')")
-    heads = src["num_attention_heads"]
-    rope = dict(src.get("rope_parameters") or {})
-    scaling = src.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    hidden, heads = source_field(src, "hidden_size", kind=int), source_field(src, "num_attention_heads", kind=int)
+    rope = source_field(src, "rope_parameters", None, dict) or {}
+    scaling = source_field(src, "rope_scaling", None, dict) or {}
     params = {**scaling, **rope}
+    rope_type = source_field(params, "rope_type", None, str) or source_field(params, "type", None, str) or "default"
     fields = dict(
-        vocab_size=src["vocab_size"],
-        hidden_size=src["hidden_size"],
-        intermediate_size=src["intermediate_size"],
-        num_hidden_layers=src["num_hidden_layers"],
+        vocab_size=source_field(src, "vocab_size", kind=int),
+        hidden_size=hidden,
+        intermediate_size=source_field(src, "intermediate_size", kind=int),
+        num_hidden_layers=source_field(src, "num_hidden_layers", kind=int),
         num_attention_heads=heads,
-        num_key_value_heads=src.get("num_key_value_heads") or heads,
-        head_dim=src.get("head_dim") or src["hidden_size"] // heads,
-        rms_norm_eps=src.get("rms_norm_eps", 1e-6),
-        rope_theta=float(params.get("rope_theta", src.get("rope_theta", 10000.0))),
+        num_key_value_heads=source_field(src, "num_key_value_heads", None, int) or heads,
+        head_dim=source_field(src, "head_dim", None, int) or hidden // max(heads, 1),
+        rms_norm_eps=source_field(src, "rms_norm_eps", 1e-6),
+        rope_theta=float(source_field(params, "rope_theta", source_field(src, "rope_theta", 10000.0))),
         rope_type=rope_type,
-        attention_bias=bool(src.get("attention_bias", False)),
-        mlp_bias=bool(src.get("mlp_bias", False)),
+        attention_bias=source_field(src, "attention_bias", False),
+        mlp_bias=source_field(src, "mlp_bias", False),
     )
     if rope_type == "llama3":
         fields.update(
-            rope_factor=float(params["factor"]),
-            rope_low_freq_factor=float(params["low_freq_factor"]),
-            rope_high_freq_factor=float(params["high_freq_factor"]),
-            rope_original_max_position_embeddings=int(
-                params.get("original_max_position_embeddings", src.get("max_position_embeddings", 8192))),
+            rope_factor=float(source_field(params, "factor", kind=float)),
+            rope_low_freq_factor=float(source_field(params, "low_freq_factor", kind=float)),
+            rope_high_freq_factor=float(source_field(params, "high_freq_factor", kind=float)),
+            rope_original_max_position_embeddings=source_field(
+                params, "original_max_position_embeddings", source_field(src, "max_position_embeddings", 8192)),
         )
     elif rope_type != "default":
         raise ConversionError(f"Llama rope type {rope_type!r} is not supported (only 'default' and 'llama3')")

@@ -4,28 +4,27 @@ The attention-pooling head is dropped. Hub checkpoints carry a "vision_model." p
 saves without it: both convert.
 """
 from weights_convert.clip import block_rules
-from weights_convert.core import ConversionError, Converter, Drop, Rule
+from weights_convert.core import ConversionError, Converter, Drop, Rule, source_field
+
+
+DEFAULTS = dict(  # transformers' SiglipVisionConfig defaults
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_channels=3,
+    hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
+)
+SIZES = dict(image_size=224, patch_size=16)
 
 
 def convert_config(src):
     """Native SiglipVisionConfig fields; missing entries take transformers' SiglipVisionConfig defaults."""
-    fields = dict(
-        hidden_size=src.get("hidden_size", 768),
-        intermediate_size=src.get("intermediate_size", 3072),
-        num_hidden_layers=src.get("num_hidden_layers", 12),
-        num_attention_heads=src.get("num_attention_heads", 12),
-        num_channels=src.get("num_channels", 3),
-        image_size=src.get("image_size", 224),
-        patch_size=src.get("patch_size", 16),
-        hidden_act=src.get("hidden_act", "gelu_pytorch_tanh"),
-        layer_norm_eps=src.get("layer_norm_eps", 1e-6),
-    )
-    for name in ("image_size", "patch_size"):
-        value = fields[name]
-        if isinstance(value, (list, tuple)):
+    fields = {name: source_field(src, name, default) for name, default in DEFAULTS.items()}
+    for name, default in SIZES.items():  # an int, or transformers' [height, width]
+        value = src.get(name, default)
+        if isinstance(value, list):
+            value = source_field(src, name, kind=(int,))
             if len(set(value)) != 1:
                 raise ConversionError(f"SigLIP {name} {value} is not square; only square sizes are supported")
-            fields[name] = value[0]
+            value = value[0]
+        fields[name] = value
     return fields
 
 

@@ -4,7 +4,7 @@ saved as HunyuanVideoTransformer3DModelPacked) -> native FramePackTransformer.
 Storage changes: q/k/v fused into one qkv Linear per stream (dual blocks, refiner), q/k/v + MLP-in fused into
 linear1 (single blocks), and norm_out's (scale, shift) rows swapped to the native (shift, scale) order.
 """
-from weights_convert.core import ConversionError, Converter, Rule
+from weights_convert.core import ConversionError, Converter, Rule, source_field
 
 FIELDS = {  # native field: default of diffusers' HunyuanVideoFramepackTransformer3DModel
     "in_channels": 16, "num_attention_heads": 24, "attention_head_dim": 128, "num_layers": 20,
@@ -16,17 +16,17 @@ FIELDS = {  # native field: default of diffusers' HunyuanVideoFramepackTransform
 
 def convert_config(src):
     """Native FramePackTransformerConfig fields from a diffusers config.json; unsupported variants raise."""
-    if src.get("qk_norm", "rms_norm") != "rms_norm":
+    if source_field(src, "qk_norm", "rms_norm") != "rms_norm":
         raise ConversionError(f"qk_norm {src['qk_norm']!r} is not supported (FramePack uses 'rms_norm')")
-    if src.get("image_condition_type") is not None:
+    if source_field(src, "image_condition_type", None, str) is not None:
         raise ConversionError(f"image_condition_type {src['image_condition_type']!r} is a HunyuanVideo-I2V variant, "
                               "not FramePack (expected null)")
     for flag in ("has_image_proj", "has_clean_x_embedder"):
-        if not src.get(flag, False):
+        if not source_field(src, flag, False):
             raise ConversionError(f"{flag} is {src.get(flag, False)}: not a FramePack transformer (both "
                                   "has_image_proj and has_clean_x_embedder must be true)")
-    fields = {name: src.get(name, default) for name, default in FIELDS.items()}
-    fields["out_channels"] = src.get("out_channels") or fields["in_channels"]
+    fields = {name: source_field(src, name, default) for name, default in FIELDS.items()}
+    fields["out_channels"] = source_field(src, "out_channels", None, int) or fields["in_channels"]
     fields["rope_axes_dim"] = list(fields["rope_axes_dim"])
     return fields
 

@@ -3,7 +3,7 @@
 Key changes: the causal conv wrappers' inner `.conv` disappears, the one-element downsamplers/upsamplers
 lists become `downsample` / `upsample`, the mid-block attention's to_q/to_k/to_v fuse into `qkv`.
 """
-from weights_convert.core import ConversionError, Converter, Rule
+from weights_convert.core import ConversionError, Converter, Rule, source_field
 
 DEFAULTS = {  # AutoencoderKLHunyuanVideo.__init__ defaults, for configs saved before a field existed
     "in_channels": 3, "out_channels": 3, "latent_channels": 16, "block_out_channels": [128, 256, 512, 512],
@@ -14,13 +14,13 @@ DEFAULTS = {  # AutoencoderKLHunyuanVideo.__init__ defaults, for configs saved b
 
 def convert_config(src):
     """The native config fields of a diffusers AutoencoderKLHunyuanVideo config.json."""
-    act = src.get("act_fn", "silu")
+    act = source_field(src, "act_fn", "silu")
     if act not in ("silu", "swish"):
         raise ConversionError(f"AutoencoderKLHunyuanVideo: act_fn {act!r} is not supported (only silu)")
-    fields = {k: src.get(k, v) for k, v in DEFAULTS.items()}
+    fields = {k: source_field(src, k, v) for k, v in DEFAULTS.items()}
     n = len(fields["block_out_channels"])
     for key, kind in (("down_block_types", "HunyuanVideoDownBlock3D"), ("up_block_types", "HunyuanVideoUpBlock3D")):
-        types = src.get(key, [kind] * n)
+        types = source_field(src, key, [kind] * n)
         if list(types) != [kind] * n:
             raise ConversionError(f"AutoencoderKLHunyuanVideo: {key} {types} is not {n} x {kind}")
     return fields

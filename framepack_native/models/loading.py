@@ -11,38 +11,41 @@ from pathlib import Path
 
 import torch
 
+from framepack_native.configs import check_field, config_from_dict, read_json  # noqa: F401 (re-exported)
+from framepack_native.sections import SAMPLING_TYPES
 from framepack_native.weights import CheckpointError, load_state, save_safetensors, write_text_atomic
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-def _tuples(value):
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
-    return value
-
-
-def config_from_dict(config_class, fields):
-    """Build a config dataclass from JSON fields (lists become tuples); unknown fields are an error."""
-    known = {f.name for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise CheckpointError(f"{config_class.__name__}: unknown config fields {unknown}")
-    return config_class(**{k: _tuples(v) for k, v in fields.items()})
-
-
-def read_json(path):
-    """Read a JSON file; a missing or damaged one is a CheckpointError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+def read_manifest(root):
+    """manifest.json of a converted folder with its structure checked: CheckpointError naming the file and field."""
+    path = Path(root) / MANIFEST
+    doc = read_json(path)
+    if doc.get("format") != "framepack_native" or doc.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: not a framepack_native manifest of version {FORMAT_VERSION} (format "
+                              f"{doc.get('format')!r}, format_version {doc.get('format_version')!r})")
+    for section in ("components", "aux"):
+        check_field(path, section, doc.get(section), dict)
+        for name, entry in doc[section].items():
+            field = f"{section}.{name}"
+            check_field(path, field, entry, dict)
+            for key in ("class", "path") if section == "components" else ("path",):
+                check_field(path, f"{field}.{key}", entry.get(key), str)
+            folder = Path(entry["path"])
+            if folder.is_absolute() or ".." in folder.parts:
+                raise CheckpointError(f"{path}: field '{field}.path' must be a path inside {root}, got "
+                                      f"{entry['path']!r}")
+            check_field(path, f"{field}.files", entry.get("files"), dict)
+            for fname, digest in entry["files"].items():
+                check_field(path, f"{field}.files.{fname}", digest, str)
+                if Path(fname).name != fname:
+                    raise CheckpointError(f"{path}: field '{field}.files' names {fname!r}, not a file name")
+    if doc.get("sampling_type") not in (None, *SAMPLING_TYPES):
+        raise CheckpointError(f"{path}: field 'sampling_type' must be null or one of {SAMPLING_TYPES}, got "
+                              f"{doc['sampling_type']!r}")
+    return doc
 
 
 def component_dir(path, class_name):
@@ -53,10 +56,9 @@ def component_dir(path, class_name):
     if (path / "config.json").is_file():
         return path
     if (path / MANIFEST).is_file():
-        manifest = read_json(path / MANIFEST)
-        for name, entry in manifest.get("components", {}).items():
-            if entry.get("class") == class_name:
-                return path / entry.get("path", name)
+        for entry in read_manifest(path)["components"].values():
+            if entry["class"] == class_name:
+                return path / entry["path"]
         raise CheckpointError(f"{path / MANIFEST}: has no {class_name} component")
     raise CheckpointError(f"{path}: neither a native model folder (config.json) nor a converted pipeline "
                           f"({MANIFEST}); convert checkpoints with `python -m weights_convert SRC DST`")
@@ -64,24 +66,24 @@ def component_dir(path, class_name):
 
 def read_config(cls, folder):
     """The config dataclass stored in a native component folder's config.json."""
-    folder = Path(folder)
-    doc = read_json(folder / "config.json")
-    if not isinstance(doc, dict) or "config" not in doc:
-        raise CheckpointError(f"{folder / 'config.json'}: not a framepack_native config (convert the checkpoint "
+    path = Path(folder) / "config.json"
+    doc = read_json(path)
+    if "config" not in doc:
+        raise CheckpointError(f"{path}: not a framepack_native config (convert the checkpoint "
                               "with `python -m weights_convert`)")
     if doc.get("class") != cls.__name__:
-        raise CheckpointError(f"{folder / 'config.json'}: holds a {doc.get('class')}, not a {cls.__name__}")
+        raise CheckpointError(f"{path}: holds a {doc.get('class')}, not a {cls.__name__}")
     if doc.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{folder / 'config.json'}: format version {doc.get('format_version')}, "
+        raise CheckpointError(f"{path}: format version {doc.get('format_version')}, "
                               f"this code reads version {FORMAT_VERSION}")
-    try:
-        return config_from_dict(cls.config_class, doc["config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{folder / 'config.json'}: {e}") from None
+    check_field(path, "config", doc["config"], dict)
+    return config_from_dict(cls.config_class, doc["config"], path)
 
 
 def load_pretrained(cls, path, dtype=torch.bfloat16, device="cuda"):
     """Build `cls` on the meta device from a native folder and load its weights (strict, assign). Eval mode."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype (e.g. torch.bfloat16), got {dtype!r}")
     folder = component_dir(path, cls.__name__)
     config = read_config(cls, folder)
     with torch.device("meta"):
