@@ -5,11 +5,18 @@ Bad input ends with one line on stderr and exit code 2, no traceback and no outp
 import argparse
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
 FPS = 30
 DTYPES = ("bf16", "fp16", "fp32")
+MAX_SECONDS = 120          # FramePack's demo: video length 1..120 s
+MAX_FRAMES = MAX_SECONDS * FPS
+MAX_WINDOW = 33            # FramePack's demo: latent window size 1..33
+MAX_STEPS = 1000
+MAX_SIZE = 4096            # pixels, height and width
+SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
 
 class UsageError(Exception):
@@ -21,27 +28,60 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _check_args(args):
-    """Cheap checks before any model loads: sizes, modes, files, the output folder."""
+def finite_float(text):
+    """argparse type: a finite float (nan and inf are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _check_range(flag, value, low, high):
+    """UsageError unless low <= value <= high; the message states the range."""
+    if not low <= value <= high:
+        low, high, value = (f"{v:g}" if isinstance(v, float) else v for v in (low, high, value))
+        raise UsageError(f"{flag} must be between {low} and {high}, got {value}")
+
+
+def _check_device(text):
+    """UsageError unless text is cpu, cuda or cuda:N with N an existing CUDA device."""
     import torch
 
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", text)
+    if match is None:
+        raise UsageError(f"--device {text!r}: not a device this runs on (cpu, cuda or cuda:N)")
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {text}: CUDA is not available here (use --device cpu)")
+        count = torch.cuda.device_count()
+        if int(match.group(1) or 0) >= count:
+            raise UsageError(f"--device {text}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+
+
+def _check_args(args):
+    """Cheap checks before any model loads: numbers, sizes, modes, the device, files, the output folder."""
     from framepack_native.image import load_image
     from framepack_native.pipeline import check_arguments
+    from framepack_native.video import CRF_RANGE
 
-    if args.num_frames is None and not (math.isfinite(args.seconds) and args.seconds > 0):
-        raise UsageError(f"--seconds must be a positive number, got {args.seconds}")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise UsageError(f"--device {args.device!r}: not a device (cuda, cuda:1, cpu, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device}: CUDA is not available here (use --device cpu)")
+    if args.num_frames is None:
+        _check_range("--seconds", args.seconds, 1 / FPS, MAX_SECONDS)
     frames = args.num_frames if args.num_frames is not None else round(args.seconds * FPS)
     try:  # the pipeline's own checks; the model's default sampling is only known once it loads
         check_arguments("", args.last_image, args.height, args.width, frames, args.window, args.steps,
                         args.sampling or "inverted_anti_drifting", args.sampler)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    limits = (("--num-frames", frames, 1, MAX_FRAMES), ("--window", args.window, 1, MAX_WINDOW),
+              ("--steps", args.steps, 1, MAX_STEPS), ("--height", args.height, 16, MAX_SIZE),
+              ("--width", args.width, 16, MAX_SIZE), ("--seed", args.seed, *SEED_RANGE),
+              ("--crf", args.crf, *CRF_RANGE))
+    for flag, value, low, high in limits:
+        _check_range(flag, value, low, high)
+    _check_device(args.device)
     out = Path(args.out)
     if out.is_dir():
         raise UsageError(f"--out {out}: is a folder")
@@ -109,21 +149,24 @@ def _generate_parser(gen):
     gen.add_argument("--last-image", help="the last frame (inverted anti-drifting sampling only)")
     gen.add_argument("--negative-prompt", help="with --cfg > 1: what to steer away from")
     length = gen.add_mutually_exclusive_group()
-    length.add_argument("--seconds", type=float, default=None, help=f"video length at {FPS} fps (default 5)")
-    length.add_argument("--num-frames", type=int, default=None, help="video length in frames")
-    gen.add_argument("--height", type=int, default=None, help="multiple of 16 (default 640; demo 64)")
-    gen.add_argument("--width", type=int, default=None, help="multiple of 16 (default 640; demo 96)")
-    gen.add_argument("--steps", type=int, default=None, help="sampling steps per section (default 25; demo 8)")
-    gen.add_argument("--guidance", type=float, default=10.0, help="distilled guidance scale")
-    gen.add_argument("--cfg", type=float, default=1.0, help="true classifier-free guidance scale (needs a negative)")
-    gen.add_argument("--seed", type=int, default=0)
+    length.add_argument("--seconds", type=finite_float, default=None,
+                        help=f"video length at {FPS} fps, at most {MAX_SECONDS} (default 5)")
+    length.add_argument("--num-frames", type=int, default=None, help=f"video length in frames, at most {MAX_FRAMES}")
+    gen.add_argument("--height", type=int, default=None, help=f"multiple of 16 up to {MAX_SIZE} (default 640; demo 64)")
+    gen.add_argument("--width", type=int, default=None, help=f"multiple of 16 up to {MAX_SIZE} (default 640; demo 96)")
+    gen.add_argument("--steps", type=int, default=None,
+                     help=f"sampling steps per section, at most {MAX_STEPS} (default 25; demo 8)")
+    gen.add_argument("--guidance", type=finite_float, default=10.0, help="distilled guidance scale")
+    gen.add_argument("--cfg", type=finite_float, default=1.0,
+                     help="true classifier-free guidance scale (needs a negative)")
+    gen.add_argument("--seed", type=int, default=0, help="-2**63 .. 2**64-1")
     gen.add_argument("--sampling", default=None, help="inverted_anti_drifting | vanilla (default: the model's)")
     gen.add_argument("--sampler", default="unipc", help="unipc | euler")
-    gen.add_argument("--window", type=int, default=9, help="latent frames per section")
-    gen.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    gen.add_argument("--window", type=int, default=9, help=f"latent frames per section, 1..{MAX_WINDOW}")
+    gen.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda when available)")
     gen.add_argument("--dtype", choices=DTYPES, default=None, help="default bf16 on GPU, fp32 on CPU")
     gen.add_argument("--offload", action="store_true", help="keep weights on the CPU between uses (24 GB GPUs)")
-    gen.add_argument("--crf", type=int, default=16, help="H.264 quality (lower is better)")
+    gen.add_argument("--crf", type=int, default=16, help="H.264 quality 0..51 (lower is better)")
     gen.add_argument("--out", required=True, help="output .mp4 path")
     gen.set_defaults(func=_generate)
 
@@ -155,11 +198,13 @@ def _defaults(args):
 
 
 def main(argv=None):
+    from framepack_native.interrupts import Terminated, sigterm_raises
     from framepack_native.weights import CheckpointError
     from weights_convert.core import ConversionError
     try:
-        args = _defaults(build_parser().parse_args(argv))
-        return args.func(args)
+        with sigterm_raises():
+            args = _defaults(build_parser().parse_args(argv))
+            return args.func(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -169,6 +214,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted; no video written", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated; no video written", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

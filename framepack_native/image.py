@@ -6,7 +6,6 @@ SiglipImageProcessor of feature_extractor/ with do_rescale=False. Without torchv
 its PIL processor, which this reproduces: quantise to uint8 (truncating), PIL resize, /255, normalise.
 """
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,24 +14,28 @@ import PIL.ImageOps
 import torch
 import torch.nn.functional as F
 
+from framepack_native.configs import config_from_dict, is_kind, read_json
+from framepack_native.weights import CheckpointError
+
 RESIZE_MODES = ("default", "crop")
 
 
 def load_image(image):
     """A path, PIL image, numpy array or tensor -> PIL RGB image, or float32 tensor (3, H, W) in [0, 1].
 
-    Paths are opened with their EXIF orientation applied (diffusers' load_image). uint8 arrays/tensors
+    Paths are opened with their EXIF orientation applied (diffusers' load_image); 16-bit grey images are
+    scaled to 8 bits, 32-bit float ones are refused (no standard range). uint8 arrays/tensors
     ((H, W, 3) numpy, (3, H, W) torch, or 2-D grey) become PIL images; float ones, in [0, 1], stay tensors:
     numpy (H, W, 3), torch (3, H, W) or (1, 3, H, W).
     """
     if isinstance(image, (str, Path)):
         try:
             with PIL.Image.open(image) as img:
-                return PIL.ImageOps.exif_transpose(img).convert("RGB")
-        except (OSError, ValueError) as e:
+                return _to_rgb(PIL.ImageOps.exif_transpose(img))
+        except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
             raise ValueError(f"{image}: cannot read image ({e})") from None
     if isinstance(image, PIL.Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return _to_rgb(image)
     if isinstance(image, np.ndarray):
         if image.dtype == np.uint8:
             return PIL.Image.fromarray(image).convert("RGB")
@@ -54,6 +57,25 @@ def load_image(image):
     if lo < 0 or hi > 1:
         raise ValueError(f"a float image must hold values in [0, 1], got [{lo:.3g}, {hi:.3g}]")
     return image
+
+
+def _to_rgb(image):
+    """PIL image of any mode -> RGB; 16-bit grey (modes I;16*, and I within 0..65535) keeps its top 8 bits.
+
+    Pillow's own conversion clips those modes at 255 (mid grey turns white) and float mode F at 1 (black).
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        grey = np.asarray(image).astype(np.int64)  # (H, W)
+        if grey.size and (grey.min() < 0 or grey.max() > 65535):
+            raise ValueError(f"mode {image.mode} pixels in [{grey.min()}, {grey.max()}] are not 16-bit "
+                             "(0..65535); save the image with 8 or 16 bits per channel")
+        return PIL.Image.fromarray((grey >> 8).astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        raise ValueError("mode F (32-bit float pixels) has no standard range; save the image with 8 or "
+                         "16 bits per channel")
+    return image.convert("RGB")
 
 
 def _resize_and_crop(image, width, height, resample):
@@ -110,22 +132,21 @@ class SiglipProcessorConfig:
 
     @classmethod
     def from_pretrained(cls, folder):
-        """Read feature_extractor/preprocessor_config.json (transformers' SiglipImageProcessor fields)."""
+        """Read feature_extractor/preprocessor_config.json (transformers' SiglipImageProcessor fields); a damaged
+        file is a CheckpointError naming the file and the field."""
         path = Path(folder) / "preprocessor_config.json"
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: cannot read the image processor config ({e})") from None
+        doc = read_json(path)
         size = doc.get("size", {"height": 224, "width": 224})
         if not (isinstance(size, dict) and "height" in size and "width" in size):
-            raise ValueError(f"{path}: size {size} is not supported; expected {{'height': H, 'width': W}}")
+            raise CheckpointError(f"{path}: size {size!r} is not supported; expected {{'height': H, 'width': W}}")
 
-        def three(v):
-            return tuple(v) if isinstance(v, (list, tuple)) else (v,) * 3
+        def three(v):  # transformers accepts one number for all channels
+            return [v] * 3 if is_kind(v, float) else v
 
-        return cls(size=(size["height"], size["width"]), resample=doc.get("resample", 3),
-                   image_mean=three(doc.get("image_mean", 0.5)), image_std=three(doc.get("image_std", 0.5)),
-                   do_resize=doc.get("do_resize", True), do_normalize=doc.get("do_normalize", True))
+        fields = dict(size=[size["height"], size["width"]], resample=doc.get("resample", 3),
+                      image_mean=three(doc.get("image_mean", 0.5)), image_std=three(doc.get("image_std", 0.5)),
+                      do_resize=doc.get("do_resize", True), do_normalize=doc.get("do_normalize", True))
+        return config_from_dict(cls, fields, path)
 
 
 def siglip_pixels(pixels, config=SiglipProcessorConfig()):

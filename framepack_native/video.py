@@ -8,6 +8,8 @@ import torch
 
 from framepack_native.weights import file_mode
 
+CRF_RANGE = (0, 51)  # libx264's quality scale for 8-bit video: 0 lossless, 51 worst
+
 
 def to_uint8_frames(frames):
     """(F, 3, H, W) float in [0, 1] -> (F, H, W, 3) uint8 numpy, rounded as diffusers' postprocess does."""
@@ -17,11 +19,18 @@ def to_uint8_frames(frames):
     return frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (F, H, W, 3)
 
 
+def check_crf(crf):
+    """Raise ValueError unless crf is an integer in CRF_RANGE (libx264 refuses or clamps anything else)."""
+    if not (isinstance(crf, int) and not isinstance(crf, bool) and CRF_RANGE[0] <= crf <= CRF_RANGE[1]):
+        raise ValueError(f"crf must be an integer in {CRF_RANGE[0]}..{CRF_RANGE[1]} (libx264), got {crf!r}")
+
+
 def write_mp4(path, frames, fps=30, crf=16):
     """Encode (F, 3, H, W) frames in [0, 1] as H.264 (yuv420p) mp4 at `path`; written to a temporary name first.
 
-    H and W must be even (yuv420p); the file appears only when the encoder has finished.
+    H and W must be even (yuv420p); crf in CRF_RANGE; the file appears only when the encoder has finished.
     """
+    check_crf(crf)
     path = Path(path)
     pixels = to_uint8_frames(frames)
     n, h, w, _ = pixels.shape

@@ -1,6 +1,7 @@
 """framepack-native generate: the demo writes a playable mp4; a converted model generates; bad input = one line, exit 2."""
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -10,7 +11,10 @@ import torch
 from framepack_native.cli import main
 from framepack_native.video import read_video
 from tests.reference.pipeline import build_pipeline
+from tests.test_image import write_png
 from weights_convert import convert
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_demo_writes_playable_mp4(tmp_path, capsys):
@@ -59,8 +63,22 @@ BAD = {
     "missing_model": (["--model", "MISSING"], "no such folder"),
     "incomplete_model": (["--model", "EMPTYDIR"], "manifest.json: missing"),
     "unwritable_output": (["--out", "NOFOLDER"], "does not exist or is not writable"),
-    "infinite_seconds": (["--seconds", "inf"], "--seconds must be a positive number"),
+    "infinite_seconds": (["--seconds", "inf"], "argument --seconds: expected a finite number, got 'inf'"),
+    "huge_seconds": (["--seconds", "1e308"], "--seconds must be between 0.0333333 and 120, got 1e+308"),
+    "huge_frames": (["--num-frames", "99999999999999999999999"], "--num-frames must be between 1 and 3600"),
+    "huge_window": (["--window", "99999999999999999999"], "--window must be between 1 and 33"),
+    "huge_steps": (["--steps", "99999999999"], "--steps must be between 1 and 1000"),
+    "huge_width": (["--width", "99999999999999999999984"], "--width must be between 16 and 4096"),
+    "bad_crf": (["--crf", "-50"], "--crf must be between 0 and 51, got -50"),
+    "huge_seed": (["--seed", "99999999999999999999999"],
+                  "--seed must be between -9223372036854775808 and 18446744073709551615"),
+    "nan_guidance": (["--guidance", "nan"], "argument --guidance: expected a finite number, got 'nan'"),
+    "nan_cfg": (["--cfg", "nan"], "argument --cfg: expected a finite number, got 'nan'"),
     "bad_device": (["--device", "toaster"], "--device 'toaster': not a device"),
+    "mps_device": (["--device", "mps"], "--device 'mps': not a device this runs on (cpu, cuda or cuda:N)"),
+    "meta_device": (["--device", "meta"], "--device 'meta': not a device this runs on"),
+    "bomb_image": (["--image", "BOMB"], "bomb.png: cannot read image (Image size (900000000 pixels)"),
+    "float_image": (["--image", "FLOAT"], "float.tiff: cannot read image (mode F (32-bit float pixels)"),
 }
 
 
@@ -69,9 +87,11 @@ def test_bad_input_one_line_exit_2(case, tmp_path, image_file, capsys):
     extra, message = BAD[case]
     (tmp_path / "empty").mkdir()
     (tmp_path / "not_an_image.png").write_text("hello")
+    PIL.Image.fromarray(np.full((4, 6), 0.5, dtype=np.float32)).save(tmp_path / "float.tiff")
     subs = {"IMAGE": str(image_file), "NOTIMAGE": str(tmp_path / "not_an_image.png"),
             "MISSING": str(tmp_path / "missing"), "EMPTYDIR": str(tmp_path / "empty"),
-            "NOFOLDER": str(tmp_path / "no" / "out.mp4")}
+            "NOFOLDER": str(tmp_path / "no" / "out.mp4"), "FLOAT": str(tmp_path / "float.tiff"),
+            "BOMB": str(write_png(tmp_path / "bomb.png", None, 30000, 30000))}
     extra = [subs.get(a, a) for a in extra]
     out = tmp_path / "out.mp4"
     base = {"--model": str(tmp_path / "empty"), "--image": str(image_file), "--prompt": "x", "--out": str(out),
@@ -97,3 +117,38 @@ def test_no_traceback_in_a_real_process(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: height and width must be positive multiples of 16, "
                                                 "got 40 x 96"]
+
+
+def test_cuda_index_checked_against_the_devices(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    out = tmp_path / "x.mp4"
+    assert main(["generate", "--demo", "--device", "cuda:2", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == "error: --device cuda:2: this machine has 2 CUDA device(s), cuda:0..cuda:1\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+TERMINATE_WHILE_ENCODING = """
+import os, signal, sys
+import av
+from framepack_native.cli import main
+encode = av.VideoFrame.from_ndarray
+def terminate_on_second_frame(*args, calls=[], **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return encode(*args, **kwargs)
+av.VideoFrame.from_ndarray = terminate_on_second_frame
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_while_encoding_leaves_nothing(tmp_path):
+    """SIGTERM takes Ctrl-C's way out: the temporary mp4 is removed, one line, exit 143."""
+    proc = subprocess.run([sys.executable, "-c", TERMINATE_WHILE_ENCODING, "generate", "--demo", "--device", "cpu",
+                           "--height", "32", "--width", "48", "--num-frames", "9", "--window", "3", "--steps", "1",
+                           "--out", str(tmp_path / "x.mp4")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.splitlines()[-1] == "terminated; no video written"
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -5,6 +5,8 @@ Without torchvision transformers' SiglipImageProcessor is its PIL processor: tha
 pipeline runs here and what is compared. Bound: max abs difference < 1e-6 (the same float32 operations).
 """
 import json
+import struct
+import zlib
 
 import numpy as np
 import PIL.Image
@@ -12,6 +14,7 @@ import pytest
 import torch
 
 from framepack_native.image import SiglipProcessorConfig, load_image, siglip_pixels, vae_pixels
+from framepack_native.weights import CheckpointError
 
 # lllyasviel/flux_redux_bfl feature_extractor/preprocessor_config.json
 FLUX_REDUX_PROCESSOR = {"do_convert_rgb": None, "do_normalize": True, "do_rescale": True, "do_resize": True,
@@ -120,3 +123,66 @@ def test_load_image_from_path_with_exif_and_errors(tmp_path):
         load_image(torch.full((3, 8, 8), 2.0))
     with pytest.raises(ValueError, match="resize_mode 'crop' needs a PIL image"):
         vae_pixels(torch.rand(3, 8, 8), 8, 8, resize_mode="crop")
+
+
+def write_png(path, pixels, width=None, height=None):
+    """A PNG written byte by byte: 16-bit RGB from (H, W, 3) uint16 pixels (Pillow cannot save those), or with
+    pixels=None only a header claiming width x height."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    if pixels is None:
+        header, body = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0), b""
+    else:
+        header = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], 16, 2, 0, 0, 0)
+        body = chunk(b"IDAT", zlib.compress(b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + body + chunk(b"IEND", b""))
+    return path
+
+
+def test_load_image_16_bit_keeps_the_top_8_bits(tmp_path):
+    """Pillow clips 16-bit grey (modes I;16 and I) at 255 when converting to RGB: mid grey must stay mid grey."""
+    grey = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    PIL.Image.fromarray(grey).save(tmp_path / "grey16.png")
+    assert PIL.Image.open(tmp_path / "grey16.png").mode == "I;16"
+    expected = np.array([[0, 1, 128, 255]], dtype=np.uint8)
+    for image in (tmp_path / "grey16.png", PIL.Image.fromarray(grey.astype(np.int32))):
+        rgb = load_image(image)
+        assert rgb.mode == "RGB" and (np.asarray(rgb) == expected[..., None]).all()
+    # 16-bit RGB: Pillow itself reads it as 8-bit RGB (top bits); pinned so that a Pillow change shows up
+    rgb16 = write_png(tmp_path / "rgb16.png", np.array([[[32768, 65535, 0]]], dtype=np.uint16))
+    assert np.asarray(load_image(rgb16)).tolist() == [[[128, 255, 0]]]
+
+
+def test_load_image_refuses_what_it_cannot_interpret(tmp_path):
+    """Float pixels (mode F) have no standard range; int32 beyond 16 bits neither; a decompression bomb is
+    refused by Pillow: each is one ValueError naming the file."""
+    PIL.Image.fromarray(np.full((4, 6), 0.5, dtype=np.float32)).save(tmp_path / "float.tiff")
+    with pytest.raises(ValueError, match=r"float.tiff: cannot read image \(mode F \(32-bit float"):
+        load_image(tmp_path / "float.tiff")
+    PIL.Image.fromarray(np.full((4, 6), 70000, dtype=np.int32)).save(tmp_path / "int32.tiff")
+    with pytest.raises(ValueError, match=r"int32.tiff: .*mode I pixels in \[70000, 70000\] are not 16-bit"):
+        load_image(tmp_path / "int32.tiff")
+    with pytest.raises(ValueError, match=r"bomb.png: cannot read image \(Image size \(900000000 pixels\)"):
+        load_image(write_png(tmp_path / "bomb.png", None, 30000, 30000))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("size", {"height": "a", "width": 384}, 'field \'size\' must be a list of integers, got ["a", 384]'),
+    ("size", [384, 384], "size [384, 384] is not supported"),
+    ("image_mean", "abc", 'field \'image_mean\' must be a list of finite numbers, got "abc"'),
+    ("image_mean", [0.5, float("nan"), 0.5], "field 'image_mean' must be a list of finite numbers"),
+    ("image_std", [0.5, 0.5], "image_mean / image_std must hold 3 values (std > 0)"),
+    ("image_std", 0, "image_mean / image_std must hold 3 values (std > 0)"),
+    ("resample", "bicubic", 'field \'resample\' must be an integer, got "bicubic"'),
+    ("resample", 7, "resample must be a PIL filter code 0..5, got 7"),
+    ("do_resize", "yes", 'field \'do_resize\' must be true or false, got "yes"'),
+    (None, [1, 2], "expected a JSON object at the top level, got a list"),
+])
+def test_processor_config_errors_name_the_file_and_field(tmp_path, field, value, message):
+    doc = value if field is None else {**FLUX_REDUX_PROCESSOR, field: value}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError) as info:
+        SiglipProcessorConfig.from_pretrained(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path / 'preprocessor_config.json'}: ")
+    assert message in str(info.value)

@@ -44,3 +44,10 @@ def test_output_gets_normal_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("crf", [-50, 52, 16.0, True, "16"])
+def test_crf_checked_before_encoding(tmp_path, crf):
+    with pytest.raises(ValueError, match=r"crf must be an integer in 0..51 \(libx264\)"):
+        write_mp4(tmp_path / "v.mp4", torch.rand(2, 3, 16, 16), crf=crf)
+    assert list(tmp_path.iterdir()) == []
