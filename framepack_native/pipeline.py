@@ -5,6 +5,7 @@ last-image posterior, then one noise tensor per section), so with sampler="euler
 gives the same video from the same weights.
 """
 import contextlib
+import math
 from pathlib import Path
 
 import torch
@@ -148,6 +149,11 @@ class FramePackPipeline:
         sampling_type = sampling_type or self.sampling_type
         check_arguments(prompt, last_image, height, width, num_frames, latent_window_size, num_inference_steps,
                         sampling_type, sampler)
+        scales = {"guidance_scale": guidance_scale, "true_cfg_scale": true_cfg_scale,
+                  "guidance_rescale": guidance_rescale}
+        for name, value in scales.items():
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")  # NaN would give a black video
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         B, dtype, device = len(prompts), self.transformer_dtype, self.device
         cfg = self.transformer.config

@@ -103,6 +103,8 @@ def test_generator_draws_matter(pipes):
     (dict(sampler="ddim"), "unknown sampler 'ddim'"),
     (dict(sampling_type="vanilla", last_image="LAST"), "last_image needs sampling_type"),
     (dict(num_frames=0), "num_frames must be >= 1"),
+    (dict(guidance_scale=float("nan")), "guidance_scale must be a finite number, got nan"),
+    (dict(true_cfg_scale=float("inf")), "true_cfg_scale must be a finite number, got inf"),
 ])
 def test_bad_arguments(pipes, kwargs, message):
     _, ours = pipes
