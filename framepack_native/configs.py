@@ -57,7 +57,9 @@ def is_kind(value, kind):
     if kind in (int, float) and isinstance(value, bool):
         return False
     if kind is float:
-        return isinstance(value, int) or isinstance(value, float) and math.isfinite(value)
+        if isinstance(value, int):
+            return abs(value) <= 1e308  # float() of a larger JSON integer overflows
+        return isinstance(value, float) and math.isfinite(value)
     return kind is None or isinstance(value, kind)
 
 
@@ -79,16 +81,17 @@ def field_kind(field):
 
 def config_from_dict(config_class, fields, where=None):
     """A config dataclass from JSON fields (lists -> tuples), each type-checked; errors name `where` and the field."""
+    label = f"{where}: {config_class.__name__}" if where else config_class.__name__  # for the class's own errors
     where = where or config_class.__name__
     if not isinstance(fields, dict):
         raise CheckpointError(f"{where}: the config must be an object of fields, got {json_type(fields)}")
     kinds = {f.name: field_kind(f) for f in dataclasses.fields(config_class)}
     unknown = sorted(set(fields) - set(kinds))
     if unknown:
-        raise CheckpointError(f"{where}: {config_class.__name__}: unknown config fields {unknown}")
+        raise CheckpointError(f"{label}: unknown config fields {unknown}")
     for name, value in fields.items():
         check_field(where, name, value, kinds[name])
     try:
         return config_class(**{k: _tuples(v) for k, v in fields.items()})
     except (TypeError, ValueError, ArithmeticError) as e:
-        raise CheckpointError(f"{where}: {config_class.__name__}: {e}") from None
+        raise CheckpointError(f"{label}: {e}") from None

@@ -24,7 +24,7 @@ def load_image(image):
     """A path, PIL image, numpy array or tensor -> PIL RGB image, or float32 tensor (3, H, W) in [0, 1].
 
     Paths are opened with their EXIF orientation applied (diffusers' load_image); 16-bit grey images are
-    scaled to 8 bits, 32-bit float ones are refused (no standard range). uint8 arrays/tensors
+    scaled to 8 bits, 32-bit integer or float ones are refused (no standard range). uint8 arrays/tensors
     ((H, W, 3) numpy, (3, H, W) torch, or 2-D grey) become PIL images; float ones, in [0, 1], stay tensors:
     numpy (H, W, 3), torch (3, H, W) or (1, 3, H, W).
     """
@@ -60,21 +60,16 @@ def load_image(image):
 
 
 def _to_rgb(image):
-    """PIL image of any mode -> RGB; 16-bit grey (modes I;16*, and I within 0..65535) keeps its top 8 bits.
-
-    Pillow's own conversion clips those modes at 255 (mid grey turns white) and float mode F at 1 (black).
-    """
+    """PIL image -> RGB; 16-bit grey (I;16*) keeps its top 8 bits (Pillow's own conversion clips it at 255)."""
     if image.mode == "RGB":
         return image
-    if image.mode == "I" or image.mode.startswith("I;16"):
-        grey = np.asarray(image).astype(np.int64)  # (H, W)
-        if grey.size and (grey.min() < 0 or grey.max() > 65535):
-            raise ValueError(f"mode {image.mode} pixels in [{grey.min()}, {grey.max()}] are not 16-bit "
-                             "(0..65535); save the image with 8 or 16 bits per channel")
+    if image.mode.startswith("I;16"):
+        grey = np.asarray(image).astype(np.int64)  # (H, W) in 0..65535
         return PIL.Image.fromarray((grey >> 8).astype(np.uint8)).convert("RGB")
-    if image.mode == "F":
-        raise ValueError("mode F (32-bit float pixels) has no standard range; save the image with 8 or "
-                         "16 bits per channel")
+    if image.mode in ("I", "F"):
+        kind = "32-bit integer" if image.mode == "I" else "32-bit float"
+        raise ValueError(f"mode {image.mode} ({kind} pixels) has no standard range; save the image with 8 or 16 "
+                         "bits per channel")
     return image.convert("RGB")
 
 

@@ -332,9 +332,11 @@ class CLIPTokenizer:
                       for m in model.get("merges") or []]
         else:
             raise ValueError(f"{folder}: no vocab.json + merges.txt or tokenizer.json")
-        bad = [m for m in merges if len(m) != 2]
-        if not isinstance(vocab, dict) or bad:
-            raise ValueError(f"{folder}: malformed CLIP vocabulary" + (f" (merge {bad[0]!r})" if bad else ""))
+        bad = [m for m in merges if len(m) != 2 or not all(isinstance(p, str) for p in m)]
+        if bad:
+            raise CheckpointError(f"{folder}: malformed CLIP vocabulary (merge {bad[0]!r}: not a pair of strings)")
+        if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
+            raise CheckpointError(f"{folder}: malformed CLIP vocabulary (it must map tokens to integer ids)")
         max_length = config.get("model_max_length") or 77
         return cls(vocab, merges, special, max_length if max_length <= 1_000_000 else 77,
                    config.get("padding_side", "right"), config.get("truncation_side", "right"))

@@ -5,6 +5,7 @@ read; each case fails before any weights are read, so no model is built except o
 """
 import dataclasses
 import json
+import re
 import shutil
 
 import pytest
@@ -167,6 +168,20 @@ def test_tokenizer_configs_are_checked(tmp_path, name, doc, message, tokenizer):
     assert str(info.value).startswith(str(tmp_path / name)) and message in str(info.value)
 
 
+@pytest.mark.parametrize("files, message", [
+    ({"vocab.json": {"a": "1", "b": 2}, "merges.txt": "a b\n"}, "it must map tokens to integer ids"),
+    ({"vocab.json": {"a": 1, "b": 2}, "merges.txt": "a b c\n"}, "merge ('a', 'b', 'c'): not a pair of strings"),
+    ({"tokenizer.json": {"model": {"vocab": {"a": 1}, "merges": [[1, 2]]}}}, "merge (1, 2): not a pair of strings"),
+    ({"tokenizer.json": {"model": {"vocab": [1], "merges": []}}}, "it must map tokens to integer ids"),
+])
+def test_clip_vocabulary_is_checked(tmp_path, files, message):
+    for name, doc in files.items():
+        (tmp_path / name).write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path}: malformed CLIP vocabulary")) as info:
+        CLIPTokenizer.from_pretrained(tmp_path)
+    assert message in str(info.value)
+
+
 @pytest.mark.parametrize("text, message", [
     ('{"shift": "x"}', "field 'shift' must be a finite number, got \"x\""),
     ('{"shift": NaN}', "field 'shift' must be a finite number, got NaN"),
@@ -227,6 +242,9 @@ SIGLIP_SRC = {"architectures": ["SiglipVisionModel"]}
     ({**LLAMA_SRC, "rope_scaling": []}, "field 'rope_scaling' must be an object, got []"),
     ({**LLAMA_SRC, "rope_scaling": {"rope_type": "llama3", "factor": "8"}}, "field 'factor' must be a finite number"),
     ({**LLAMA_SRC, "num_key_value_heads": 3}, "LlamaConfig: num_attention_heads 4 is not a multiple"),
+    ({**LLAMA_SRC, "rope_theta": 10**400}, "field 'rope_theta' must be a finite number, got 1000"),
+    ({**VAE_SRC, "block_out_channels": [], "down_block_types": [3]}, "field 'down_block_types' must be a list of str"),
+    ({**VAE_SRC, "block_out_channels": []}, "HunyuanVideoVAEConfig: "),
     ({**CLIP_SRC, "hidden_act": 5}, "field 'hidden_act' must be a string, got 5"),
     ({**SIGLIP_SRC, "image_size": [384, "x"]}, "field 'image_size' must be a list of integers"),
     ({**SIGLIP_SRC, "patch_size": 14.5}, "field 'patch_size' must be an integer, got 14.5"),

@@ -6,6 +6,7 @@ norm_out, a dropped head) converted to a native one (fused qkv, (shift, scale) o
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -253,6 +254,37 @@ def test_interrupted_overwrite_keeps_the_old_folder(tmp_path, monkeypatch):
         convert(tmp_path / "src", tmp_path / "dst", overwrite=True)
     assert (tmp_path / "dst" / "mine.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]
+
+
+def test_old_folder_of_a_cut_overwrite_is_restored_not_deleted(tmp_path):
+    """Killed between the two renames of --overwrite: DST is missing and .DST.old is the only copy."""
+    toy_source(tmp_path / "src")
+    convert(tmp_path / "src", tmp_path / "dst")
+    (tmp_path / "dst" / "mine.txt").write_text("old")
+    (tmp_path / "dst").rename(tmp_path / ".dst.old")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("[]")
+    with pytest.raises(CheckpointError, match="expected a JSON object"):
+        convert(tmp_path / "bad", tmp_path / "dst", overwrite=True)
+    assert (tmp_path / "dst" / "mine.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "dst", "src"]
+
+
+def test_failing_cleanup_of_the_old_folder_does_not_fail_the_conversion(tmp_path, monkeypatch):
+    toy_source(tmp_path / "src")
+    convert(tmp_path / "src", tmp_path / "dst")
+    rmtree = shutil.rmtree
+
+    def refuse_old(path, ignore_errors=False, **kwargs):
+        if Path(path).name == ".dst.old":
+            if not ignore_errors:
+                raise PermissionError(13, "Permission denied", str(path))
+            return None
+        return rmtree(path, ignore_errors=ignore_errors, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", refuse_old)
+    assert convert(tmp_path / "src", tmp_path / "dst", overwrite=True) == tmp_path / "dst"
+    verify(tmp_path / "dst")
 
 
 def test_rule_placeholders_must_agree():

@@ -33,7 +33,10 @@ def source_field(src, name, default=REQUIRED, kind=None):
     if value is None and default is None:
         return None
     if kind is None:
-        kind = (type(default[0]),) if isinstance(default, (list, tuple)) else type(default)
+        if isinstance(default, (list, tuple)):
+            kind = (type(default[0]) if default else None,)
+        else:
+            kind = type(default)
     check_field(None, name, value, kind, ConversionError)
     return value
 

@@ -153,14 +153,14 @@ def convert(src, dst, dtype=torch.float32, *, transformer=None, image_encoder=No
     for source in (src, transformer, image_encoder):
         if source is not None and dst.resolve() in (Path(source).resolve(), *Path(source).resolve().parents):
             raise ConversionError(f"{dst}: would overwrite its own source {source}")
+    stale = dst.with_name(f".{dst.name}.old")  # where --overwrite keeps the old DST until the new one is in place
+    if stale.is_dir() and not dst.exists():  # an --overwrite stopped between its two renames: restore the old DST
+        stale.rename(dst)
     _check_dst(dst, overwrite)
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]
     models, aux = _component_sources(src, transformer, image_encoder)
     single = not (src / "model_index.json").is_file() and not transformer and not image_encoder
-    stale = dst.with_name(f".{dst.name}.old")
-    if overwrite and stale.exists():  # left by an interrupted --overwrite
-        shutil.rmtree(stale)
     created = [p for p in reversed(dst.parents) if not p.exists()]  # outermost first; removed again on failure
     tmp, replaced = None, False
     try:
@@ -185,14 +185,13 @@ def convert(src, dst, dtype=torch.float32, *, transformer=None, image_encoder=No
         write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
         verify(tmp)
         if dst.exists():
-            dst.rename(stale)
+            if stale.exists():  # left by an --overwrite whose clean-up was cut short (DST itself is whole)
+                shutil.rmtree(stale)
             replaced = True
-            tmp.rename(dst)
-            shutil.rmtree(stale)
-        else:
-            tmp.rename(dst)
+            dst.rename(stale)
+        tmp.rename(dst)
     except BaseException:
-        if replaced and not dst.exists():  # stopped between the two renames: put the old folder back
+        if replaced and stale.exists() and not dst.exists():  # stopped between the two renames: put it back
             stale.rename(dst)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -200,6 +199,7 @@ def convert(src, dst, dtype=torch.float32, *, transformer=None, image_encoder=No
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
+    shutil.rmtree(stale, ignore_errors=True)  # the new DST is in place: a failure here changes nothing
     return dst
 
 

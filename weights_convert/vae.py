@@ -20,7 +20,7 @@ def convert_config(src):
     fields = {k: source_field(src, k, v) for k, v in DEFAULTS.items()}
     n = len(fields["block_out_channels"])
     for key, kind in (("down_block_types", "HunyuanVideoDownBlock3D"), ("up_block_types", "HunyuanVideoUpBlock3D")):
-        types = source_field(src, key, [kind] * n)
+        types = source_field(src, key, [kind] * n, (str,))
         if list(types) != [kind] * n:
             raise ConversionError(f"AutoencoderKLHunyuanVideo: {key} {types} is not {n} x {kind}")
     return fields

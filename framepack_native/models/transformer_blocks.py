@@ -125,12 +125,8 @@ class SingleStreamBlock(nn.Module):
         self.linear2 = nn.Linear(hidden_dim + mlp_dim, hidden_dim)
 
     def forward(self, x, vec, cos, sin, n_img, kv_lens, backend, rows=None):
-        """x (B, L, D) with the n_img image tokens first, vec (B, D), cos/sin (n_img, Dh), kv_lens (B,) or None.
-
-        rows: a slice of image tokens whose output is wanted (the last block: the noisy window); every token
-        still gives keys and values, but queries, MLP and output are computed for these rows only.
-        Returns (B, L, D), or (B, len(rows), D) with rows.
-        """
+        """x (B, L, D) with the n_img image tokens first, vec (B, D), cos/sin (n_img, Dh), kv_lens (B,) or None
+        -> (B, L, D); with rows (a slice of image tokens), (B, R, D): only those rows' outputs (keys from all)."""
         D = self.hidden_dim
         (mod,) = self.modulation(vec)
         if rows is not None:
@@ -151,7 +147,7 @@ class SingleStreamBlock(nn.Module):
         return torch.addcmul(x, mod.gate, self.linear2(y))
 
     def _forward_rows(self, x, mod, cos, sin, n_img, kv_lens, backend, rows):
-        """forward for the given image rows only: linear1 split by its [q | k | v | mlp] output rows."""
+        """forward for image rows `rows` only, x (B, L, D) -> (B, R, D); linear1 split by its [q | k | v | mlp] rows."""
         D, (weight, bias) = self.hidden_dim, (self.linear1.weight, self.linear1.bias)
         xm = modulate(x, mod)  # (B, L, D)
         k, v = rearrange(F.linear(xm, weight[D:3 * D], bias[D:3 * D]), "B L (K N Dh) -> K B L N Dh", K=2,
