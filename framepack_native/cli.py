@@ -198,25 +198,16 @@ def _defaults(args):
 
 
 def main(argv=None):
-    from framepack_native.interrupts import Terminated, sigterm_raises
+    from framepack_native.interrupts import run_command
     from framepack_native.weights import CheckpointError
     from weights_convert.core import ConversionError
-    try:
-        with sigterm_raises():
-            args = _defaults(build_parser().parse_args(argv))
-            return args.func(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (CheckpointError, ConversionError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; no video written", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("terminated; no video written", file=sys.stderr)
-        return 143
+
+    def command():
+        args = _defaults(build_parser().parse_args(argv))
+        return args.func(args)
+
+    return run_command(command, (UsageError, CheckpointError, ConversionError, ValueError, OSError),
+                       "no video written")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""SIGTERM as an exception: the commands' cleanup (temporary files, partial folders) then runs as on Ctrl-C."""
+"""How the commands end: SIGTERM raised as an exception, so that their cleanup (temporary files, partial folders)
+runs as on Ctrl-C, and every error or stop printed as one line with its exit code (2, 130, 143)."""
 import contextlib
 import signal
+import sys
 import threading
 
 
@@ -24,3 +26,21 @@ def sigterm_raises():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def run_command(fn, errors, unfinished):
+    """fn() -> exit code; an exception in `errors`, Ctrl-C or SIGTERM -> one line on stderr and 2 / 130 / 143.
+
+    unfinished: what the stop line says was left, e.g. "no video written"."""
+    try:
+        with sigterm_raises():
+            return fn()
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; {unfinished}", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"terminated; {unfinished}", file=sys.stderr)
+        return 143

@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from framepack_native.interrupts import Terminated, sigterm_raises
+from framepack_native.interrupts import run_command
 from framepack_native.weights import CheckpointError
 from weights_convert.folders import DTYPES, SAMPLING_TYPES, convert, verify
 from weights_convert.core import ConversionError
@@ -32,18 +32,7 @@ def build_parser(parser=None):
 
 def run(args):
     """Run a parsed command line; returns the exit code. Bad input: one line on stderr, code 2."""
-    try:
-        with sigterm_raises():
-            return _run(args)
-    except (CheckpointError, ConversionError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing written", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("terminated; nothing written", file=sys.stderr)
-        return 143
+    return run_command(lambda: _run(args), (CheckpointError, ConversionError, OSError), "nothing written")
 
 
 def _run(args):
