@@ -1,5 +1,6 @@
-"""The 13B transformer and the VAE at their real sizes on one GPU: seconds per transformer forward (resident,
-and streamed block by block as `--offload` runs it) and peak GPU memory of each, for one 640x640 section.
+"""The 13B transformer, the VAE and the text encoders at their real sizes on one GPU: seconds per transformer
+forward (resident, and streamed block by block as `--offload` runs it) and peak GPU memory of each, for one
+640x640 section; the Llama + CLIP prompt encoding as `--offload` runs it (moved in, run, moved out).
 
     python benchmarks/real_size.py                     # CUDA, bf16, the real configs (26 GB of random weights)
     python benchmarks/real_size.py --tiny --device cpu # the same code paths at toy sizes (checks the script)
@@ -8,7 +9,8 @@ Weights are random (uniform, small): speed and memory do not depend on their val
 anti-drifting section: a 9-frame window of 80x80 latents (640x640 frames) + the full 1x / 2x / 4x history,
 text padded to 256 with 64 valid, 729 SigLIP tokens, batch 1; the VAE decodes the 2 x 9 + 1 = 19 latent frames
 of a later section (73 frames) as the pipeline does. Peak memory = torch.cuda.max_memory_allocated over the
-call, with the weights the call needs on the GPU counted in.
+call, with the weights the call needs on the GPU counted in. The text encoders get a 256-token prompt (64
+valid) and CLIP's 77 tokens, batch 1; the Llama encoder without the 2 layers FramePack never runs.
 """
 import argparse
 import json
@@ -23,9 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import DTYPES, device_name, rel_l2  # noqa: E402
 from benchmarks.transformer import make_inputs, parser as transformer_parser  # noqa: E402
+from framepack_native.models.clip import CLIPTextConfig, CLIPTextEncoder  # noqa: E402
+from framepack_native.models.llama import LlamaConfig, LlamaTextEncoder  # noqa: E402
 from framepack_native.models.transformer import FramePackTransformer, FramePackTransformerConfig  # noqa: E402
 from framepack_native.models.vae import HunyuanVideoVAE, HunyuanVideoVAEConfig  # noqa: E402
-from framepack_native.offload import streamed_blocks  # noqa: E402
+from framepack_native.offload import on_device, streamed_blocks  # noqa: E402
+from framepack_native.prompt import HIDDEN_STATE_INDEX  # noqa: E402
 
 GIB = 2**30
 
@@ -33,8 +38,8 @@ GIB = 2**30
 def random_model(cls, config, device, dtype):
     """cls(config) on `device` in `dtype` with uniform(-0.02, 0.02) weights, built without an fp32 copy."""
     with torch.device("meta"):
-        model = cls(config)
-    model = model.to_empty(device=device).to(dtype).eval()
+        model = cls(config).to(dtype)  # cast while empty: the weights are allocated once, in dtype
+    model = model.to_empty(device=device).eval()
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for t in list(model.parameters()) + list(model.buffers()):
@@ -64,6 +69,27 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def text_encoders(l_config, c_config, device, dtype, report):
+    """The prompt encoding under --offload: both encoders kept on the CPU, moved to `device` for the call."""
+    llama = random_model(LlamaTextEncoder, l_config, "cpu", dtype).drop_layers_after(HIDDEN_STATE_INDEX)
+    clip = random_model(CLIPTextEncoder, c_config, "cpu", dtype)
+    report("text encoders (Llama as kept, CLIP) weights GiB", round(sum(
+        t.numel() * t.element_size() for m in (llama, clip) for t in m.parameters()) / GIB, 2))
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, l_config.vocab_size, (1, 256), generator=gen).to(device)
+    mask = (torch.arange(256) < 64).long()[None].to(device)  # (1, 256): 64 valid tokens
+    clip_ids = torch.randint(0, c_config.vocab_size, (1, 77), generator=gen).to(device)
+
+    def encode():
+        with on_device(llama, device, True), on_device(clip, device, True):
+            return llama(ids, mask, hidden_state_index=HIDDEN_STATE_INDEX), clip(clip_ids)[1]
+
+    with torch.inference_mode():
+        seconds, peak, _ = measure(encode, device, 1)
+    report("text encoding under --offload (move in, run, move out): s, peak GiB", [round(seconds, 3),
+                                                                                     round(peak / GIB, 2)])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
@@ -86,10 +112,13 @@ def main():
         t_config = FramePackTransformerConfig(num_attention_heads=2, attention_head_dim=64, num_layers=2,
                                               num_single_layers=2, rope_axes_dim=(16, 24, 24))
         v_config = HunyuanVideoVAEConfig(block_out_channels=(32, 32, 64, 64))
+        l_config, c_config = LlamaConfig.tiny(num_hidden_layers=4), CLIPTextConfig.tiny()
         size, frames = ["--height", "8", "--width", "8"], 3
     else:
         t_config, v_config = FramePackTransformerConfig(), HunyuanVideoVAEConfig()
+        l_config, c_config = LlamaConfig(), CLIPTextConfig()
         size, frames = ["--height", "80", "--width", "80"], 19
+    text_encoders(l_config, c_config, device, dtype, report)
     inputs = make_inputs(transformer_parser().parse_args(size + ["--batch", "1"]), device, dtype)
 
     model = random_model(FramePackTransformer, t_config, device, dtype)
