@@ -6,6 +6,7 @@ device and dtype, in one process, alternating; prints medians and the speed rati
         --backend torch triton [--batch 2 --text-valid 200 17]
 """
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -19,6 +20,7 @@ from benchmarks.common import DTYPES, device_name, rel_l2  # noqa: E402
 from framepack_native.models.loading import config_from_dict  # noqa: E402
 from framepack_native.models.transformer import FramePackTransformer, FramePackTransformerConfig  # noqa: E402
 from framepack_native.sections import section_frame_indices  # noqa: E402
+from framepack_native.teacache import TeaCache  # noqa: E402
 from weights_convert.core import convert_state  # noqa: E402
 from weights_convert.transformer import CONVERTER  # noqa: E402
 
@@ -102,6 +104,10 @@ def compare(args, backends=("auto",)):
 
     run = {"diffusers": lambda: ref(**inputs, return_dict=False)[0]}
     run.update({f"ours ({b})": ours_with(b) for b in backends})
+    if getattr(args, "teacache_skip", False):
+        # Its first call (the warm-up) computes and keeps the residual; every later one skips the blocks.
+        cache = TeaCache(num_steps=2**62, threshold=math.inf)
+        run["ours, TeaCache skip"] = lambda: ours(**inputs, teacache=cache)
     times = {name: [] for name in run}
     with torch.inference_mode():
         outs = {name: fn() for name, fn in run.items()}  # warm-up (and autotuning)
@@ -133,6 +139,9 @@ def parser():
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--backend", nargs="+", default=["auto"], help="our kernel backend(s), each timed")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 gives stable figures on a shared CPU)")
+    p.add_argument("--teacache-skip", action="store_true",
+                   help="also time a step TeaCache skips (embedders, probe, final layer; the inputs repeat, so "
+                        "its output equals the computed one)")
     return p
 
 
@@ -149,7 +158,7 @@ def main():
           f"(1x 2, 2x 2, 4x 16 frames) = {result['tokens']} image tokens, 729 SigLIP tokens, text "
           f"{'/'.join(map(str, args.text_valid))} valid of {args.text_len}")
     for name, ms in result["ms"].items():
-        print(f"{name:>16}: median {ms:9.1f} ms   min {result['min_ms'][name]:9.1f} ms   "
+        print(f"{name:>20}: median {ms:9.1f} ms   min {result['min_ms'][name]:9.1f} ms   "
               f"runs {' '.join(f'{x:.0f}' for x in result['runs_ms'][name])}   rel. L2 vs diffusers "
               f"{result['err'][name]:.1e}")
     for name in result["ms"]:

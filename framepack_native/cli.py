@@ -81,6 +81,8 @@ def _check_args(args):
               ("--crf", args.crf, *CRF_RANGE))
     for flag, value, low, high in limits:
         _check_range(flag, value, low, high)
+    if args.teacache is not None:
+        _check_range("--teacache", args.teacache, 0.0, 10.0)
     _check_device(args.device)
     out = Path(args.out)
     if out.is_dir():
@@ -134,7 +136,8 @@ def _generate(args):
     video = pipe(image, prompt, last_image=images.get("--last-image"), negative_prompt=args.negative_prompt,
                  height=args.height, width=args.width, num_frames=frames, latent_window_size=args.window,
                  num_inference_steps=args.steps, guidance_scale=args.guidance, true_cfg_scale=args.cfg,
-                 generator=generator, sampling_type=args.sampling, sampler=args.sampler, callback=progress)
+                 generator=generator, sampling_type=args.sampling, sampler=args.sampler, teacache=args.teacache,
+                 callback=progress)
     bar.close()
     path = write_mp4(args.out, video[0], fps=FPS, crf=args.crf)
     print(f"wrote {path} ({video.shape[1]} frames, {args.width}x{args.height}, {FPS} fps)")
@@ -159,6 +162,9 @@ def _generate_parser(gen):
     gen.add_argument("--guidance", type=finite_float, default=10.0, help="distilled guidance scale")
     gen.add_argument("--cfg", type=finite_float, default=1.0,
                      help="true classifier-free guidance scale (needs a negative)")
+    gen.add_argument("--teacache", type=finite_float, nargs="?", const=0.15, default=None, metavar="THRESHOLD",
+                     help="skip the transformer on steps where its input barely moved (approximate, faster); "
+                          "threshold 0..10, bare flag: 0.15 as the official app")
     gen.add_argument("--seed", type=int, default=0, help="-2**63 .. 2**64-1")
     gen.add_argument("--sampling", default=None, help="inverted_anti_drifting | vanilla (default: the model's)")
     gen.add_argument("--sampler", default="unipc", help="unipc | euler")

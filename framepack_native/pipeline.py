@@ -20,6 +20,7 @@ from framepack_native.prompt import HIDDEN_STATE_INDEX, encode_prompt
 from framepack_native.sampling import FlowMatchConfig, flow_sigmas, sample_euler, sample_unipc, shift_mu
 from framepack_native.sections import (HISTORY_SIZES, SAMPLING_TYPES, num_sections, padding_schedule, section_frame_indices,
                                        soft_append, split_history)
+from framepack_native.teacache import TeaCache
 from framepack_native.tokenizers import CLIPTokenizer, LlamaTokenizer
 from framepack_native.weights import CheckpointError
 
@@ -136,7 +137,7 @@ class FramePackPipeline:
     def __call__(self, image, prompt, *, last_image=None, negative_prompt=None, height=640, width=640,
                  num_frames=129, latent_window_size=9, num_inference_steps=25, guidance_scale=10.0,
                  true_cfg_scale=1.0, guidance_rescale=0.0, generator=None, sampling_type=None, sampler="unipc",
-                 average_last_image_embeds=True, callback=None):
+                 average_last_image_embeds=True, teacache=None, callback=None):
         """Generate (B, F, 3, H, W) frames in [0, 1], F = (sections' frames - 1) // 4 * 4 + 1.
 
         image / last_image: a path, PIL image, array or tensor (one image, used for every prompt);
@@ -144,16 +145,20 @@ class FramePackPipeline:
         prompt runs classifier-free guidance; sampler "euler" (diffusers' scheduler) or "unipc" (FramePack's);
         average_last_image_embeds: with last_image, condition on the mean of both SigLIP embeddings (FramePack
         PR #167); diffusers (0.42) computes that mean but passes the first image's embeddings only: False does that.
+        teacache: None (exact), or a threshold (the official app's default: 0.15) to skip the transformer's blocks
+        on steps where their input barely moved (framepack_native.teacache; approximate, faster).
         callback(event): event["kind"] "step" (section, step, latents) or "section" (section, frames so far).
         """
         sampling_type = sampling_type or self.sampling_type
         check_arguments(prompt, last_image, height, width, num_frames, latent_window_size, num_inference_steps,
                         sampling_type, sampler)
         scales = {"guidance_scale": guidance_scale, "true_cfg_scale": true_cfg_scale,
-                  "guidance_rescale": guidance_rescale}
+                  "guidance_rescale": guidance_rescale, "teacache": 0.0 if teacache is None else teacache}
         for name, value in scales.items():
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}")  # NaN would give a black video
+        if teacache is not None and teacache < 0:
+            raise ValueError(f"teacache must be a threshold >= 0, got {teacache}")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         B, dtype, device = len(prompts), self.transformer_dtype, self.device
         cfg = self.transformer.config
@@ -196,11 +201,15 @@ class FramePackPipeline:
                            indices_latents_history_2x=idx_2x, latents_history_4x=h4.to(dtype),
                            indices_latents_history_4x=idx_4x)
 
+            # One TeaCache per guidance branch and section (the official app starts one per section).
+            caches = [None, None] if teacache is None else [TeaCache(num_inference_steps, teacache) for _ in "+-"]
+
             def velocity(x, sigma):
                 t = (sigma * 1000.0).expand(B).to(device)
-                pred = self.transformer(x.to(dtype), t, txt, txt_mask, pooled, **context)
+                pred = self.transformer(x.to(dtype), t, txt, txt_mask, pooled, **context, teacache=caches[0])
                 if do_cfg:
-                    neg = self.transformer(x.to(dtype), t, neg_txt, neg_mask, neg_pooled, **context)
+                    neg = self.transformer(x.to(dtype), t, neg_txt, neg_mask, neg_pooled, **context,
+                                           teacache=caches[1])
                     pred_cfg = neg + true_cfg_scale * (pred - neg)
                     pred = rescale_guidance(pred_cfg.float(), pred.float(), guidance_rescale)
                 return pred.float()

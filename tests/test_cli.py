@@ -51,6 +51,26 @@ def test_generate_from_converted_model(model_dir, image_file, tmp_path):
     assert read_video(out).shape == (13, 32, 48, 3)
 
 
+def test_generate_with_teacache_skips_steps(model_dir, image_file, tmp_path, monkeypatch):
+    """--teacache 10 (a threshold no step's change reaches) skips every step but the section's first and last."""
+    import framepack_native.pipeline
+    caches = []
+
+    class Recorded(framepack_native.pipeline.TeaCache):
+        def __post_init__(self):
+            super().__post_init__()
+            caches.append(self)
+
+    monkeypatch.setattr(framepack_native.pipeline, "TeaCache", Recorded)
+    out = tmp_path / "out.mp4"
+    code = main(["generate", "--model", str(model_dir), "--image", str(image_file), "--prompt", "a boat",
+                 "--height", "32", "--width", "48", "--num-frames", "9", "--window", "3", "--steps", "5",
+                 "--device", "cpu", "--sampler", "euler", "--teacache", "10", "--out", str(out)])
+    assert code == 0 and read_video(out).shape == (13, 32, 48, 3)
+    used = [c for c in caches if c.previous is not None]  # one section; the positive branch's (no CFG)
+    assert len(used) == 1 and used[0].skipped == 3 and used[0].threshold == 10
+
+
 BAD = {
     "size_not_16": (["--height", "40"], "multiples of 16"),
     "unknown_sampling": (["--sampling", "sideways"], "unknown sampling type 'sideways'"),
@@ -74,6 +94,8 @@ BAD = {
                   "--seed must be between -9223372036854775808 and 18446744073709551615"),
     "nan_guidance": (["--guidance", "nan"], "argument --guidance: expected a finite number, got 'nan'"),
     "nan_cfg": (["--cfg", "nan"], "argument --cfg: expected a finite number, got 'nan'"),
+    "negative_teacache": (["--teacache", "-1"], "--teacache must be between 0 and 10, got -1"),
+    "nan_teacache": (["--teacache", "nan"], "argument --teacache: expected a finite number, got 'nan'"),
     "bad_device": (["--device", "toaster"], "--device 'toaster': not a device"),
     "mps_device": (["--device", "mps"], "--device 'mps': not a device this runs on (cpu, cuda or cuda:N)"),
     "meta_device": (["--device", "meta"], "--device 'meta': not a device this runs on"),

@@ -106,19 +106,22 @@ class FramePackTransformer(nn.Module):
     def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, pooled_projections,
                 image_embeds, indices_latents, guidance=None, latents_clean=None, indices_latents_clean=None,
                 latents_history_2x=None, indices_latents_history_2x=None, latents_history_4x=None,
-                indices_latents_history_4x=None):
+                indices_latents_history_4x=None, teacache=None):
         """Velocity of the noisy window; arguments as diffusers' HunyuanVideoFramepackTransformer3DModel.forward.
 
         hidden_states (B, C, T, H, W); timestep (B,) or scalar; encoder_hidden_states (B, Lt, text_dim) with
         encoder_attention_mask (B, Lt) (valid tokens first); pooled_projections (B, pooled_dim); image_embeds
         (B, Li, image_dim); indices_latents (T,) frame indices (None: 0..T-1); guidance (B,) or scalar
         (ignored without guidance_embeds); latents_clean (B, C, Tc, H, W) / latents_history_2x /
-        latents_history_4x, each with its (T*,) indices or both None. Returns (B, out_channels, T, H, W).
+        latents_history_4x, each with its (T*,) indices or both None; teacache: a framepack_native.teacache.TeaCache
+        to skip the blocks on steps where their input barely moved (approximate). Returns (B, out_channels, T, H, W).
         """
         histories = {"1x": (latents_clean, indices_latents_clean), "2x": (latents_history_2x,
                      indices_latents_history_2x), "4x": (latents_history_4x, indices_latents_history_4x)}
         lengths = self._check_inputs(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask,
                                      pooled_projections, image_embeds, indices_latents, guidance, histories)
+        if teacache is not None and not self.double_blocks:
+            raise ValueError("TeaCache tests the first dual-stream block's input; this model has none")
         c, backend = self.config, self.kernel_backend
         B, _, T, H, W = hidden_states.shape
         h, w = H // c.patch_size, W // c.patch_size
@@ -137,19 +140,29 @@ class FramePackTransformer(nn.Module):
         if text_mask is not None:
             kv_lens = text_mask.sum(dim=1, dtype=torch.int32) + (n_img + image_embeds.shape[1])  # on the device
 
-        for block in self.double_blocks:
-            img, txt = block(img, txt, vec, cos, sin, kv_lens, backend)
-        x = torch.cat((img, txt), dim=1)  # (B, Li+Lc, D)
         window = slice(n_img - T * h * w, n_img)  # the noisy window's tokens, the only ones returned
-        for i, block in enumerate(self.single_blocks):
-            last = i == len(self.single_blocks) - 1
-            x = block(x, vec, cos, sin, n_img, kv_lens, backend, rows=window if last else None)
-        if not self.single_blocks:
-            x = x[:, window]
+        if teacache is None:
+            x = self._blocks(img, txt, vec, cos, sin, kv_lens, window)
+        elif teacache.compute(self.double_blocks[0](img, txt, vec, cos, sin, kv_lens, backend, probe=True)):
+            x = self._blocks(img, txt, vec, cos, sin, kv_lens, window)
+            teacache.residual = x - img[:, window]  # the blocks never write into img
+        else:
+            x = img[:, window] + teacache.residual
 
         out = self.final_layer(x, vec)  # (B, T*h*w, pt*p*p*C)
         return rearrange(out, "B (T h w) (C pt ph pw) -> B C (T pt) (h ph) (w pw)", T=T, h=h, w=w,
                          pt=c.patch_size_t, ph=c.patch_size, pw=c.patch_size)
+
+    def _blocks(self, img, txt, vec, cos, sin, kv_lens, window):
+        """The dual- then single-stream blocks; img (B, Li, D), txt (B, Lc, D) -> the window's rows (B, Lw, D)."""
+        backend, n_img = self.kernel_backend, img.shape[1]
+        for block in self.double_blocks:
+            img, txt = block(img, txt, vec, cos, sin, kv_lens, backend)
+        x = torch.cat((img, txt), dim=1)  # (B, Li+Lc, D)
+        for i, block in enumerate(self.single_blocks):
+            last = i == len(self.single_blocks) - 1
+            x = block(x, vec, cos, sin, n_img, kv_lens, backend, rows=window if last else None)
+        return x if self.single_blocks else x[:, window]
 
     def _image_tokens(self, hidden_states, indices_latents, histories):
         """Tokens [4x | 2x | clean | noisy window] (B, Li, D) and their RoPE cos/sin (Li, Dh) float32.

@@ -90,11 +90,14 @@ class DoubleStreamBlock(nn.Module):
         self.img_mlp = MLP(hidden_dim, mlp_dim)
         self.txt_mlp = MLP(hidden_dim, mlp_dim)
 
-    def forward(self, img, txt, vec, cos, sin, kv_lens, backend):
+    def forward(self, img, txt, vec, cos, sin, kv_lens, backend, probe=False):
         """img (B, Li, D), txt (B, Lt, D), vec (B, D) = silu(conditioning), cos/sin (Li, Dh), kv_lens (B,) int
-        valid keys of the joint sequence (None: all)."""
+        valid keys of the joint sequence (None: all). probe: return only the modulated img (B, Li, D), TeaCache's
+        test (a call of the block, so that offload hooks bring its weights)."""
         n_img = img.shape[1]
         img_mod1, img_mod2 = self.img_mod(vec)
+        if probe:
+            return modulate(img, img_mod1)
         txt_mod1, txt_mod2 = self.txt_mod(vec)
         img_q, img_k, img_v = self.img_attn.qkv_heads(modulate(img, img_mod1), cos, sin, n_img, backend)
         txt_q, txt_k, txt_v = self.txt_attn.qkv_heads(modulate(txt, txt_mod1), cos[:0], sin[:0], 0, backend)
