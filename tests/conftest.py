@@ -15,3 +15,18 @@ torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
 def reference_store(tmp_path_factory):
     """Random-weight reference checkpoints, built once per run (see tests/reference/)."""
     return ReferenceStore(tmp_path_factory.mktemp("reference"))
+
+
+@pytest.fixture
+def teacaches(monkeypatch):
+    """Every TeaCache the pipeline makes during the test, in order of creation."""
+    import framepack_native.pipeline
+    made = []
+
+    class Recorded(framepack_native.pipeline.TeaCache):
+        def __post_init__(self):
+            super().__post_init__()
+            made.append(self)
+
+    monkeypatch.setattr(framepack_native.pipeline, "TeaCache", Recorded)
+    return made

@@ -51,23 +51,14 @@ def test_generate_from_converted_model(model_dir, image_file, tmp_path):
     assert read_video(out).shape == (13, 32, 48, 3)
 
 
-def test_generate_with_teacache_skips_steps(model_dir, image_file, tmp_path, monkeypatch):
+def test_generate_with_teacache_skips_steps(model_dir, image_file, tmp_path, teacaches):
     """--teacache 10 (a threshold no step's change reaches) skips every step but the section's first and last."""
-    import framepack_native.pipeline
-    caches = []
-
-    class Recorded(framepack_native.pipeline.TeaCache):
-        def __post_init__(self):
-            super().__post_init__()
-            caches.append(self)
-
-    monkeypatch.setattr(framepack_native.pipeline, "TeaCache", Recorded)
     out = tmp_path / "out.mp4"
     code = main(["generate", "--model", str(model_dir), "--image", str(image_file), "--prompt", "a boat",
                  "--height", "32", "--width", "48", "--num-frames", "9", "--window", "3", "--steps", "5",
                  "--device", "cpu", "--sampler", "euler", "--teacache", "10", "--out", str(out)])
     assert code == 0 and read_video(out).shape == (13, 32, 48, 3)
-    used = [c for c in caches if c.previous is not None]  # one section; the positive branch's (no CFG)
+    used = [c for c in teacaches if c.previous is not None]  # one section; the positive branch's (no CFG)
     assert len(used) == 1 and used[0].skipped == 3 and used[0].threshold == 10
 
 

@@ -114,19 +114,10 @@ def test_bad_arguments(pipes, kwargs, message):
         ours(picture(1), "x", **{"height": H, "width": W, "num_frames": 5, **kwargs})
 
 
-def test_teacache_keeps_one_cache_per_guidance_branch(pipes, monkeypatch):
+def test_teacache_keeps_one_cache_per_guidance_branch(pipes, teacaches):
     """With CFG each section gets a cache for the prompt and one for the negative prompt, each skipping alone."""
-    import framepack_native.pipeline
     _, ours = pipes
-    caches = []
-
-    class Recorded(framepack_native.pipeline.TeaCache):
-        def __post_init__(self):
-            super().__post_init__()
-            caches.append(self)
-
-    monkeypatch.setattr(framepack_native.pipeline, "TeaCache", Recorded)
     ours(picture(1), "x", negative_prompt="y", true_cfg_scale=3.0, teacache=10.0, height=H, width=W, num_frames=9,
          latent_window_size=2, num_inference_steps=4, sampler="euler", generator=torch.Generator().manual_seed(0))
-    assert len(caches) >= 4 and len(caches) % 2 == 0  # 2 per section, at least 2 sections
-    assert all(c.previous is not None and c.skipped == 2 for c in caches)  # 4 steps: 2 skipped in each
+    assert len(teacaches) >= 4 and len(teacaches) % 2 == 0  # 2 per section, at least 2 sections
+    assert all(c.previous is not None and c.skipped == 2 for c in teacaches)  # 4 steps: 2 skipped in each
