@@ -162,6 +162,7 @@ def _generate_parser(gen):
     gen.add_argument("--guidance", type=finite_float, default=10.0, help="distilled guidance scale")
     gen.add_argument("--cfg", type=finite_float, default=1.0,
                      help="true classifier-free guidance scale (needs a negative)")
+    # const: teacache.DEFAULT_THRESHOLD, written out because this module does not import torch at start-up
     gen.add_argument("--teacache", type=finite_float, nargs="?", const=0.15, default=None, metavar="THRESHOLD",
                      help="skip the transformer on steps where its input barely moved (approximate, faster); "
                           "threshold 0..10, bare flag: 0.15 as the official app")

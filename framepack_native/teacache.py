@@ -22,19 +22,25 @@ class TeaCache:
     per guidance branch. The first and the last step are always computed."""
     num_steps: int
     threshold: float = DEFAULT_THRESHOLD
-    step: int = 0
-    accumulated: float = 0.0
-    previous: Optional[torch.Tensor] = None  # (B, L, D) modulated input of the last call
-    residual: Optional[torch.Tensor] = None  # (B, Lw, D) blocks' output - input on the returned rows
-    skipped: int = 0
+    step: int = dataclasses.field(default=0, init=False)
+    accumulated: float = dataclasses.field(default=0.0, init=False)
+    previous: Optional[torch.Tensor] = dataclasses.field(default=None, init=False)  # (B, L, D) last probe
+    residual: Optional[torch.Tensor] = dataclasses.field(default=None, init=False)  # (B, Lw, D) output - input
+    skipped: int = dataclasses.field(default=0, init=False)
 
     def __post_init__(self):
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
+            raise ValueError(f"TeaCache's threshold is a number (the official app's default: {DEFAULT_THRESHOLD}), "
+                             f"got {self.threshold!r}")
         if self.num_steps < 1 or not self.threshold >= 0:
             raise ValueError(f"TeaCache needs num_steps >= 1 and threshold >= 0, got {self.num_steps}, "
                              f"{self.threshold}")
 
     def compute(self, modulated):
         """Whether this call runs the blocks, given the first block's modulated image input (B, L, D)."""
+        if self.previous is not None and modulated.shape != self.previous.shape:
+            raise ValueError(f"this TeaCache saw inputs {tuple(self.previous.shape)}, now {tuple(modulated.shape)}: "
+                             "make one per sampling run")
         if self.step in (0, self.num_steps - 1) or self.residual is None:
             run, self.accumulated = True, 0.0
         else:

@@ -8,7 +8,7 @@ import PIL.Image
 import pytest
 import torch
 
-from framepack_native.cli import main
+from framepack_native.cli import build_parser, main
 from framepack_native.video import read_video
 from tests.reference.pipeline import build_pipeline
 from tests.test_image import write_png
@@ -52,7 +52,9 @@ def test_generate_from_converted_model(model_dir, image_file, tmp_path):
 
 
 def test_generate_with_teacache_skips_steps(model_dir, image_file, tmp_path, teacaches):
-    """--teacache 10 (a threshold no step's change reaches) skips every step but the section's first and last."""
+    """--teacache 10 (far above what these few small steps accumulate) skips all but the first and last step;
+    the bare flag means the official app's 0.15."""
+    assert build_parser().parse_args(["generate", "--teacache", "--out", "x.mp4"]).teacache == 0.15
     out = tmp_path / "out.mp4"
     code = main(["generate", "--model", str(model_dir), "--image", str(image_file), "--prompt", "a boat",
                  "--height", "32", "--width", "48", "--num-frames", "9", "--window", "3", "--steps", "5",

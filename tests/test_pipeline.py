@@ -105,6 +105,7 @@ def test_generator_draws_matter(pipes):
     (dict(num_frames=0), "num_frames must be >= 1"),
     (dict(guidance_scale=float("nan")), "guidance_scale must be a finite number, got nan"),
     (dict(true_cfg_scale=float("inf")), "true_cfg_scale must be a finite number, got inf"),
+    (dict(teacache=True), "teacache must be a threshold >= 0"),
 ])
 def test_bad_arguments(pipes, kwargs, message):
     _, ours = pipes
@@ -118,6 +119,6 @@ def test_teacache_keeps_one_cache_per_guidance_branch(pipes, teacaches):
     """With CFG each section gets a cache for the prompt and one for the negative prompt, each skipping alone."""
     _, ours = pipes
     ours(picture(1), "x", negative_prompt="y", true_cfg_scale=3.0, teacache=10.0, height=H, width=W, num_frames=9,
-         latent_window_size=2, num_inference_steps=4, sampler="euler", generator=torch.Generator().manual_seed(0))
+         latent_window_size=2, num_inference_steps=4, sampler="unipc", generator=torch.Generator().manual_seed(0))
     assert len(teacaches) >= 4 and len(teacaches) % 2 == 0  # 2 per section, at least 2 sections
     assert all(c.previous is not None and c.skipped == 2 for c in teacaches)  # 4 steps: 2 skipped in each

@@ -70,11 +70,17 @@ def test_threshold_zero_computes_every_step(models):
     assert cache.skipped == 0
 
 
-def test_bad_teacache_arguments(models, tmp_path):
+def test_bad_teacache_arguments():
     with pytest.raises(ValueError, match="num_steps >= 1 and threshold >= 0"):
         TeaCache(0)
     with pytest.raises(ValueError, match="num_steps >= 1 and threshold >= 0"):
         TeaCache(5, float("nan"))
+    with pytest.raises(ValueError, match="threshold is a number .* got True"):
+        TeaCache(5, True)  # the official API's enable_teacache=True, misplaced
+    cache = TeaCache(5)
+    cache.compute(torch.ones(1, 4, 8))
+    with pytest.raises(ValueError, match=r"saw inputs \(1, 4, 8\), now \(2, 4, 8\): make one per sampling run"):
+        cache.compute(torch.ones(2, 4, 8))
     with torch.device("meta"):
         no_dual = FramePackTransformer(FramePackTransformerConfig.tiny(num_layers=0))
     no_dual.to_empty(device="cpu")
