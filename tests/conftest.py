@@ -17,6 +17,15 @@ def reference_store(tmp_path_factory):
     return ReferenceStore(tmp_path_factory.mktemp("reference"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny tensors: on a shared CPU a second thread only adds wake-up latency to every op."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def teacaches(monkeypatch):
     """Every TeaCache the pipeline makes during the test, in order of creation."""

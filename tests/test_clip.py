@@ -13,18 +13,11 @@ import weights_convert
 from framepack_native.models import CLIPTextEncoder
 from framepack_native.models.clip import CLIPTextConfig
 from tests.reference.common import rel_l2
-from tests.reference.encoders import CLIP_REAL, CLIP_TINY, build_clip, load_reference, with_prefix
+from tests.reference.encoders import CLIP_REAL, CLIP_TINY, build_clip, converted, load_reference, with_prefix
 from weights_convert.core import build_plan, convert_state, invert
 from weights_convert.clip import CONVERTER
 
 TOL = 1e-4
-
-
-def _converted(reference_store, tmp_path_factory, name, config, seed=0):
-    src = reference_store.get(name, lambda p: build_clip(p, seed=seed, **config))
-    dst = tmp_path_factory.mktemp(f"{name}_native") / "native"
-    weights_convert.convert(src, dst, dtype=torch.float32)
-    return src, dst
 
 
 def _prompts(bos, eos, pad, vocab, lengths, L, seed):
@@ -48,7 +41,7 @@ def _check(ref, ours, ids):
 
 def test_parity_tiny_first_eos_rule(reference_store, tmp_path_factory):
     """eos_token_id 200 (the current rule), ids up to 299 around it; pad == eos, the first occurrence wins."""
-    src, dst = _converted(reference_store, tmp_path_factory, "clip_tiny", CLIP_TINY)
+    src, dst = converted(reference_store, tmp_path_factory, "clip_tiny", build_clip, CLIP_TINY)
     ref = load_reference("CLIPTextModel", src)
     ours = CLIPTextEncoder.from_pretrained(dst, dtype=torch.float32, device="cpu")
     assert ours.config.eos_token_id == 200
@@ -61,7 +54,7 @@ def test_parity_tiny_first_eos_rule(reference_store, tmp_path_factory):
 def test_parity_tiny_legacy_eos_rule(reference_store, tmp_path_factory):
     """eos_token_id 2 (hub configs): pool at the highest id, here the end token 299 followed by pad 1."""
     config = {**CLIP_TINY, "eos_token_id": 2, "hidden_act": "gelu"}
-    src, dst = _converted(reference_store, tmp_path_factory, "clip_tiny_legacy", config, seed=5)
+    src, dst = converted(reference_store, tmp_path_factory, "clip_tiny_legacy", build_clip, config, seed=5)
     ref = load_reference("CLIPTextModel", src)
     ours = CLIPTextEncoder.from_pretrained(dst, dtype=torch.float32, device="cpu")
     assert ours.config.eos_token_id == 2 and ours.config.hidden_act == "gelu"
@@ -73,7 +66,7 @@ def test_parity_tiny_legacy_eos_rule(reference_store, tmp_path_factory):
 
 def test_real_width(reference_store, tmp_path_factory):
     """ViT-L/14 text tower widths: 768 hidden, 12 heads, 3072 MLP, vocab 49408, 1 layer, legacy eos rule."""
-    src, dst = _converted(reference_store, tmp_path_factory, "clip_real", CLIP_REAL, seed=2)
+    src, dst = converted(reference_store, tmp_path_factory, "clip_real", build_clip, CLIP_REAL, seed=2)
     ref = load_reference("CLIPTextModel", src)
     ours = CLIPTextEncoder.from_pretrained(dst, dtype=torch.float32, device="cpu")
     _check(ref, ours, _prompts(49406, 49407, 49407, 49406, [12, 60], 77, seed=9))

@@ -13,7 +13,7 @@ import weights_convert
 from framepack_native.models import LlamaTextEncoder
 from framepack_native.models.llama import LlamaConfig
 from tests.reference.common import rel_l2
-from tests.reference.encoders import LLAMA_REAL, LLAMA_TINY, build_llama, load_reference, with_prefix
+from tests.reference.encoders import LLAMA_REAL, LLAMA_TINY, build_llama, converted, load_reference, with_prefix
 from weights_convert.core import build_plan, convert_state, invert
 from weights_convert.llama import CONVERTER
 
@@ -29,13 +29,6 @@ TINY_VARIANTS = {
 }
 
 
-def _converted(reference_store, name, config, tmp_path_factory, seed=0):
-    src = reference_store.get(name, lambda p: build_llama(p, seed=seed, **config))
-    dst = tmp_path_factory.mktemp(f"{name}_native") / "native"
-    weights_convert.convert(src, dst, dtype=torch.float32)
-    return src, dst
-
-
 def _inputs(vocab, lengths, L, seed):
     """Right-padded ids (B, L) with per-row lengths; pads are random ids (the mask must hide them)."""
     g = torch.Generator().manual_seed(seed)
@@ -47,7 +40,7 @@ def _inputs(vocab, lengths, L, seed):
 @pytest.mark.parametrize("variant", sorted(TINY_VARIANTS))
 def test_parity_tiny(reference_store, tmp_path_factory, variant):
     config = {**LLAMA_TINY, **TINY_VARIANTS[variant]}
-    src, dst = _converted(reference_store, f"llama_tiny_{variant}", config, tmp_path_factory)
+    src, dst = converted(reference_store, tmp_path_factory, f"llama_tiny_{variant}", build_llama, config)
     ref = load_reference("LlamaModel", src)
     ours = LlamaTextEncoder.from_pretrained(dst, dtype=torch.float32, device="cpu")
     ids, mask = _inputs(config["vocab_size"], [37, 23], 37, seed=sum(map(ord, variant)))
@@ -70,7 +63,7 @@ def test_parity_tiny(reference_store, tmp_path_factory, variant):
 
 def test_real_width(reference_store, tmp_path_factory):
     """4096 hidden, 32 heads, 8 KV heads, 14336 MLP, 1 layer, rope theta 5e5 (llava-llama-3-8b widths)."""
-    src, dst = _converted(reference_store, "llama_real", LLAMA_REAL, tmp_path_factory, seed=1)
+    src, dst = converted(reference_store, tmp_path_factory, "llama_real", build_llama, LLAMA_REAL, seed=1)
     ids, mask = _inputs(LLAMA_REAL["vocab_size"], [19, 11], 19, seed=7)
     ref = load_reference("LlamaModel", src)
     with torch.no_grad():

@@ -9,18 +9,11 @@ import weights_convert
 from framepack_native.models import SiglipVisionEncoder
 from framepack_native.models.siglip import SiglipVisionConfig
 from tests.reference.common import rel_l2
-from tests.reference.encoders import SIGLIP_REAL, SIGLIP_TINY, build_siglip, load_reference, with_prefix
+from tests.reference.encoders import SIGLIP_REAL, SIGLIP_TINY, build_siglip, converted, load_reference, with_prefix
 from weights_convert.core import build_plan, convert_state, invert
 from weights_convert.siglip import CONVERTER
 
 TOL = 1e-4
-
-
-def _converted(reference_store, tmp_path_factory, name, config, seed=0):
-    src = reference_store.get(name, lambda p: build_siglip(p, seed=seed, **config))
-    dst = tmp_path_factory.mktemp(f"{name}_native") / "native"
-    weights_convert.convert(src, dst, dtype=torch.float32)
-    return src, dst
 
 
 def _check(src, dst, pixels):
@@ -35,14 +28,14 @@ def _check(src, dst, pixels):
 
 def test_parity_tiny(reference_store, tmp_path_factory):
     """30 px images, patch 7: the stride drops the last 2 px, as the reference's valid convolution does."""
-    src, dst = _converted(reference_store, tmp_path_factory, "siglip_tiny", SIGLIP_TINY)
+    src, dst = converted(reference_store, tmp_path_factory, "siglip_tiny", build_siglip, SIGLIP_TINY)
     g = torch.Generator().manual_seed(21)
     _check(src, dst, torch.rand(3, 3, 30, 30, generator=g) * 2 - 1)
 
 
 def test_real_width(reference_store, tmp_path_factory):
     """so400m widths: 1152 hidden, 16 heads, 4304 MLP, patch 14, 384 px (729 tokens), 1 layer."""
-    src, dst = _converted(reference_store, tmp_path_factory, "siglip_real", SIGLIP_REAL, seed=3)
+    src, dst = converted(reference_store, tmp_path_factory, "siglip_real", build_siglip, SIGLIP_REAL, seed=3)
     g = torch.Generator().manual_seed(22)
     _check(src, dst, torch.rand(2, 3, 384, 384, generator=g) * 2 - 1)
 

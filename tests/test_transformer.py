@@ -19,13 +19,7 @@ TOL = 1e-4  # float32 parity with diffusers
 TOL_BF16 = 2e-2  # our bfloat16 forward vs diffusers' float32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: on a shared CPU a second thread only adds wake-up latency to every op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

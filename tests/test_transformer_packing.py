@@ -22,13 +22,7 @@ from framepack_native.models.transformer_packing import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: on a shared CPU a second thread only adds wake-up latency to every op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
 
 
 SETTINGS = settings(max_examples=40, deadline=None)

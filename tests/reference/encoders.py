@@ -53,6 +53,16 @@ def build_siglip(path, seed=0, **config):
     _save(SiglipVisionModel(SiglipVisionConfig(**config)).eval(), path, seed)
 
 
+def converted(reference_store, tmp_path_factory, name, build, config, seed=0):
+    """(reference folder built once per run by build(path, seed, **config), its float32 native conversion)."""
+    import weights_convert
+
+    src = reference_store.get(name, lambda p: build(p, seed=seed, **config))
+    dst = tmp_path_factory.mktemp(f"{name}_native") / "native"
+    weights_convert.convert(src, dst, dtype=torch.float32)
+    return src, dst
+
+
 def load_reference(cls_name, path):
     """The saved transformers model, float32, eval mode."""
     import transformers
