@@ -29,9 +29,7 @@ def sigterm_raises():
 
 
 def run_command(fn, errors, unfinished):
-    """fn() -> exit code; an exception in `errors`, Ctrl-C or SIGTERM -> one line on stderr and 2 / 130 / 143.
-
-    unfinished: what the stop line says was left, e.g. "no video written"."""
+    """fn() -> exit code; `errors`, Ctrl-C, SIGTERM -> one stderr line, 2 / 130 / 143 ("...; {unfinished}")."""
     try:
         with sigterm_raises():
             return fn()
