@@ -2,6 +2,7 @@
 device and dtype, in one process, alternating; prints medians and the speed ratio (reference / ours).
 
     python benchmarks/transformer.py                        # CPU, float32, mid config
+    python benchmarks/transformer.py --official --teacache-skip  # + the official app's model, a skipped step
     python benchmarks/transformer.py --device cuda --dtype bf16 --config real --blocks 2 2 --height 80 --width 80 \
         --backend torch triton [--batch 2 --text-valid 200 17]
 """
@@ -103,6 +104,14 @@ def compare(args, backends=("auto",)):
         return run
 
     run = {"diffusers": lambda: ref(**inputs, return_dict=False)[0]}
+    if getattr(args, "official", False):
+        # The official app's model (framepack==0.0.9) with the same weights; its batch > 1 path needs flash-attn.
+        from tests.reference.official import official_forward, official_transformer_class
+
+        with torch.device(device):
+            official = official_transformer_class()(**config).to(dtype).eval()
+        official.load_state_dict(ref.state_dict(), strict=True)
+        run["official"] = lambda: official_forward(official, inputs)
     run.update({f"ours ({b})": ours_with(b) for b in backends})
     if getattr(args, "teacache_skip", False):
         # Its first call (the warm-up) computes and keeps the residual; every later one skips the blocks.
@@ -139,6 +148,8 @@ def parser():
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--backend", nargs="+", default=["auto"], help="our kernel backend(s), each timed")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 gives stable figures on a shared CPU)")
+    p.add_argument("--official", action="store_true",
+                   help="also time the official FramePack app's model (framepack==0.0.9; batch 1 only)")
     p.add_argument("--teacache-skip", action="store_true",
                    help="also time a step TeaCache skips (embedders, probe, final layer; the inputs repeat, so "
                         "its output equals the computed one)")
@@ -161,10 +172,10 @@ def main():
         print(f"{name:>20}: median {ms:9.1f} ms   min {result['min_ms'][name]:9.1f} ms   "
               f"runs {' '.join(f'{x:.0f}' for x in result['runs_ms'][name])}   rel. L2 vs diffusers "
               f"{result['err'][name]:.1e}")
-    for name in result["ms"]:
-        if name != "diffusers":
-            print(f"ratio diffusers / {name}: {result['ms']['diffusers'] / result['ms'][name]:.2f}x median, "
-                  f"{result['min_ms']['diffusers'] / result['min_ms'][name]:.2f}x min")
+    for ref in [r for r in ("diffusers", "official") if r in result["ms"]]:
+        for name in [n for n in result["ms"] if n.startswith("ours")]:
+            print(f"ratio {ref} / {name}: {result['ms'][ref] / result['ms'][name]:.2f}x median, "
+                  f"{result['min_ms'][ref] / result['min_ms'][name]:.2f}x min")
 
 
 if __name__ == "__main__":
