@@ -1,3 +1,4 @@
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,6 +16,20 @@ torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
 def reference_store(tmp_path_factory):
     """Random-weight reference checkpoints, built once per run (see tests/reference/)."""
     return ReferenceStore(tmp_path_factory.mktemp("reference"))
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    """A folder removed when the test ends, pass or fail: for the real-width checkpoints (0.2-3.6 GB each).
+
+    The reference store keeps its checkpoints for the whole run and pytest keeps the last three runs' folders, so
+    real-width ones there added up to ~8 GB per run and ~24 GB on disk; built here, the run's disk peak is the largest
+    one (the transformer's 3.6 GB) plus the small ones.
+    """
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

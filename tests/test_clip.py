@@ -64,9 +64,10 @@ def test_parity_tiny_legacy_eos_rule(reference_store, tmp_path_factory):
     _check(ref, ours, ids)
 
 
-def test_real_width(reference_store, tmp_path_factory):
+def test_real_width(reference_store, tmp_path_factory, scratch):
     """ViT-L/14 text tower widths: 768 hidden, 12 heads, 3072 MLP, vocab 49408, 1 layer, legacy eos rule."""
-    src, dst = converted(reference_store, tmp_path_factory, "clip_real", build_clip, CLIP_REAL, seed=2)
+    src, dst = converted(reference_store, tmp_path_factory, "clip_real", build_clip, CLIP_REAL, seed=2,
+                         scratch=scratch)
     ref = load_reference("CLIPTextModel", src)
     ours = CLIPTextEncoder.from_pretrained(dst, dtype=torch.float32, device="cpu")
     _check(ref, ours, _prompts(49406, 49407, 49407, 49406, [12, 60], 77, seed=9))

@@ -61,9 +61,10 @@ def test_parity_tiny(reference_store, tmp_path_factory, variant):
     assert rel_l2(padded, alone) < TOL
 
 
-def test_real_width(reference_store, tmp_path_factory):
+def test_real_width(reference_store, tmp_path_factory, scratch):
     """4096 hidden, 32 heads, 8 KV heads, 14336 MLP, 1 layer, rope theta 5e5 (llava-llama-3-8b widths)."""
-    src, dst = converted(reference_store, tmp_path_factory, "llama_real", build_llama, LLAMA_REAL, seed=1)
+    src, dst = converted(reference_store, tmp_path_factory, "llama_real", build_llama, LLAMA_REAL, seed=1,
+                         scratch=scratch)
     ids, mask = _inputs(LLAMA_REAL["vocab_size"], [19, 11], 19, seed=7)
     ref = load_reference("LlamaModel", src)
     with torch.no_grad():

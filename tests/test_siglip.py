@@ -33,9 +33,10 @@ def test_parity_tiny(reference_store, tmp_path_factory):
     _check(src, dst, torch.rand(3, 3, 30, 30, generator=g) * 2 - 1)
 
 
-def test_real_width(reference_store, tmp_path_factory):
+def test_real_width(reference_store, tmp_path_factory, scratch):
     """so400m widths: 1152 hidden, 16 heads, 4304 MLP, patch 14, 384 px (729 tokens), 1 layer."""
-    src, dst = converted(reference_store, tmp_path_factory, "siglip_real", build_siglip, SIGLIP_REAL, seed=3)
+    src, dst = converted(reference_store, tmp_path_factory, "siglip_real", build_siglip, SIGLIP_REAL, seed=3,
+                         scratch=scratch)
     g = torch.Generator().manual_seed(22)
     _check(src, dst, torch.rand(2, 3, 384, 384, generator=g) * 2 - 1)
 

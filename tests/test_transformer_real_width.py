@@ -19,8 +19,10 @@ from weights_convert.core import convert_state
 from weights_convert.transformer import CONVERTER
 
 
-def test_real_width_parity(reference_store):
-    src = reference_store.get("transformer_real_width", builder(REAL_WIDTH, seed=1))
+def test_real_width_parity(scratch):
+    src = scratch / "transformer_real_width"
+    src.mkdir()
+    builder(REAL_WIDTH, seed=1)(src)
     inputs = make_inputs(REAL_WIDTH, text_lens=[6, 3], frames=2, height=4, width=6, padding=2, image_tokens=3, seed=11)
     ref = load(src)
     expected = reference_forward(ref, inputs)

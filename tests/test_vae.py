@@ -197,16 +197,18 @@ def test_other_resampling_plan_matches_diffusers(reference_store, tmp_path):
     assert rel_l2(out, expected_video) < TOL
 
 
-def test_real_config_matches_diffusers(reference_store, tmp_path):
+def test_real_config_matches_diffusers(scratch):
     """The real widths: (128, 256, 512, 512), 2 layers per block, 16 latent channels, 32 groups."""
-    src = reference_store.get("vae_real", lambda p: build_vae(p, seed=2, **VAE_REAL))
-    weights_convert.convert(src, tmp_path / "native")
+    src = scratch / "vae_real"
+    src.mkdir()
+    build_vae(src, seed=2, **VAE_REAL)
+    weights_convert.convert(src, scratch / "native")
     ref = load_reference(src)
     x, z = video(1, 3, 5, 16, 24, seed=9), latents(1, 16, 3, 2, 3, seed=9)
     with torch.no_grad():
         expected, expected_video = ref.encode(x).latent_dist, ref.decode(z).sample
     del ref
-    model = ours(tmp_path / "native")
+    model = ours(scratch / "native")
     post = model.encode(x)
     assert rel_l2(post.mean, expected.mean) < TOL
     assert rel_l2(post.logvar, expected.logvar) < TOL

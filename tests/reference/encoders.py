@@ -53,12 +53,21 @@ def build_siglip(path, seed=0, **config):
     _save(SiglipVisionModel(SiglipVisionConfig(**config)).eval(), path, seed)
 
 
-def converted(reference_store, tmp_path_factory, name, build, config, seed=0):
-    """(reference folder built once per run by build(path, seed, **config), its float32 native conversion)."""
+def converted(reference_store, tmp_path_factory, name, build, config, seed=0, scratch=None):
+    """(reference folder built once per run by build(path, seed, **config), its float32 native conversion).
+
+    With `scratch` (the fixture's folder, removed after the test) both are built there instead, not kept for the
+    run: for the real widths, which one test each uses.
+    """
     import weights_convert
 
-    src = reference_store.get(name, lambda p: build(p, seed=seed, **config))
-    dst = tmp_path_factory.mktemp(f"{name}_native") / "native"
+    if scratch is None:
+        src = reference_store.get(name, lambda p: build(p, seed=seed, **config))
+        dst = tmp_path_factory.mktemp(f"{name}_native") / "native"
+    else:
+        src, dst = scratch / name, scratch / "native"
+        src.mkdir()
+        build(src, seed=seed, **config)
     weights_convert.convert(src, dst, dtype=torch.float32)
     return src, dst
 
