@@ -1,14 +1,30 @@
 """What the benchmark scripts share: dtype names, the device's name, timing (alternating medians, CUDA events,
-CUDA-graph replays) and the argument set of the kernel benchmarks. The error measure is the tests' rel_l2."""
+CUDA-graph replays), the argument set of the kernel benchmarks and their scratch folders. The error measure is the
+tests' rel_l2."""
 import argparse
+import contextlib
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from tests.reference.common import rel_l2  # noqa: F401 - re-exported: one relative error for tests and benchmarks
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@contextlib.contextmanager
+def work_dir(path=None, prefix="fp_bench_"):
+    """The folder a benchmark writes its checkpoints to: `path` as given (kept, so a second run reuses what it
+    can), or with None a temporary folder removed at the end, also on an error or Ctrl-C (GBs each)."""
+    if path is not None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
 
 
 def timer(device):

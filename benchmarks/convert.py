@@ -1,16 +1,18 @@
 """Peak host memory and throughput of `python -m weights_convert` on a sharded real-width FramePack transformer.
 
-    python benchmarks/convert.py [--dual 2 --single 4] [--dir /tmp/fp_convert_bench]
+    python benchmarks/convert.py [--dual 2 --single 4] [--dir FOLDER]
 
 The source is diffusers' HunyuanVideoFramepackTransformer3DModel layout at the real widths (24 heads x 128,
 text 4096, ...) with fewer blocks, float32, sharded at 1 GB with its index, written tensor by tensor with
-random values (never whole in memory). The conversion runs as a subprocess; its peak RSS is ru_maxrss.
-Bound (issue 8): peak RSS < 2 x the largest tensor + 300 MB.
+random values (never whole in memory), in a subprocess. The conversion runs as another; its peak RSS is its
+ru_maxrss (os.wait4).
+Bound (issue 8): peak RSS < 2 x the largest tensor + 300 MB. Source and result (~9 GB at the defaults) go to
+a temporary folder removed at the end, or to --dir, kept and its source reused by the next run.
 """
 import argparse
 import json
 import math
-import resource
+import os
 import subprocess
 import sys
 import time
@@ -18,7 +20,10 @@ from pathlib import Path
 
 import torch
 
-from framepack_native.weights import open_checkpoint, save_sharded
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import work_dir  # noqa: E402
+from framepack_native.weights import open_checkpoint, save_sharded  # noqa: E402
 
 
 def make_source(folder, dual, single):
@@ -42,24 +47,35 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--dual", type=int, default=2)
     parser.add_argument("--single", type=int, default=4)
-    parser.add_argument("--dir", default="/tmp/fp_convert_bench")
+    parser.add_argument("--dir", help="keep the files here (default: a temporary folder)")
+    parser.add_argument("--make-source", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    root = Path(args.dir)
-    src = root / f"src_{args.dual}_{args.single}"
+    if args.make_source:
+        return make_source(Path(args.make_source), args.dual, args.single)
+    with work_dir(args.dir, "fp_convert_bench_") as root:
+        measure(root, args.dual, args.single)
+
+
+def measure(root, dual, single):
+    src = root / f"src_{dual}_{single}"
     if not (src / "config.json").is_file():
-        make_source(src, args.dual, args.single)
+        # in its own process: a child forked from this one would start with this one's pages, and ru_maxrss with it
+        subprocess.run([sys.executable, __file__, "--make-source", str(src), "--dual", str(dual),
+                        "--single", str(single)], check=True)
     ckpt = open_checkpoint(src)
     total = sum(ckpt.nbytes(k) for k in ckpt.keys())
     largest_name = max(ckpt.keys(), key=ckpt.nbytes)
     largest = ckpt.nbytes(largest_name)
     dst = root / "dst"
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "weights_convert", str(src), str(dst), "--dtype", "bf16",
-                           "--overwrite"], capture_output=True, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "weights_convert", str(src), str(dst), "--dtype", "bf16",
+                             "--overwrite"], stderr=subprocess.PIPE, text=True)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak (RUSAGE_CHILDREN is the max over all of them)
     seconds = time.perf_counter() - t0
-    if proc.returncode:
-        sys.exit(proc.stderr)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    if os.waitstatus_to_exitcode(status):
+        sys.exit(stderr)
+    peak = usage.ru_maxrss * 1024
     out = open_checkpoint(dst)
     out_largest = max(out.nbytes(k) for k in out.keys())
     bound = 2 * largest + 300 * 1024**2

@@ -1,6 +1,6 @@
 """Peak host memory (RSS) of converting and loading a sharded float32 checkpoint, ours vs the usual way.
 
-    python benchmarks/load_memory.py [--gib 2.0] [--dir /tmp/fp_loadmem]
+    python benchmarks/load_memory.py [--gib 2.0] [--dir FOLDER]
 
 Each measured step runs in a fresh subprocess; its peak RSS is ru_maxrss, minus nothing (the baseline
 of an interpreter with torch imported is printed alongside). Steps:
@@ -20,6 +20,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import work_dir  # noqa: E402
 
 ROWS, COLS = 4096, 8192  # one float32 tensor: 128 MiB, in the range of the transformer's largest
 
@@ -59,6 +63,11 @@ def make_source(folder, layers):
     (folder / "config.json").write_text(json.dumps({"_class_name": "BenchSource", "num_layers": layers}))
 
 
+def layers_for(gib):
+    """Layers of one ROWS x COLS float32 weight (+ bias) that make a source of about `gib` GiB."""
+    return max(1, round(gib * 1024**3 / (ROWS * COLS * 4)))
+
+
 def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -92,16 +101,24 @@ def child(stage, src, dst):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--gib", type=float, default=2.0, help="size of the fp32 source checkpoint")
-    parser.add_argument("--dir", default="/tmp/fp_loadmem")
+    parser.add_argument("--dir", help="keep the files here (default: a temporary folder)")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    root = Path(args.dir)
-    src, dst = root / "src", root / "dst"
+    if args.stage == "source":
+        return make_source(Path(args.dir) / "src", layers_for(args.gib))
     if args.stage:
-        return child(args.stage, src, dst)
-    layers = max(1, round(args.gib * 1024**3 / (ROWS * COLS * 4)))
+        return child(args.stage, Path(args.dir) / "src", Path(args.dir) / "dst")
+    with work_dir(args.dir, "fp_loadmem_") as root:
+        measure(root, args.gib)
+
+
+def measure(root, gib):
+    src = root / "src"
+    layers = layers_for(gib)
     if not (src / "config.json").is_file() or json.loads((src / "config.json").read_text())["num_layers"] != layers:
-        make_source(src, layers)
+        # in a child too: a child started from a process inherits its high-water RSS into ru_maxrss
+        subprocess.run([sys.executable, __file__, "--dir", str(root), "--gib", str(gib), "--stage", "source"],
+                       check=True)
     src_bytes = sum(p.stat().st_size for p in src.glob("*.safetensors"))
     largest = ROWS * COLS * 4 / 1024**2
     model_mib = layers * (ROWS * COLS + ROWS) * 2 / 1024**2

@@ -11,7 +11,6 @@ step (the same work for every section but the first, whose decode is one window 
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import work_dir  # noqa: E402
 from framepack_native import FramePackPipeline  # noqa: E402
 from tests.reference.pipeline import build_pipeline, load_pipeline  # noqa: E402
 from weights_convert import convert  # noqa: E402
@@ -40,11 +40,11 @@ def main():
     parser.add_argument("--window", type=int, default=9)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    tmp = Path(tempfile.mkdtemp(prefix="fp_bench_pipe_"))
-    build_pipeline(tmp / "ref")
-    convert(tmp / "ref", tmp / "native", dtype=torch.float32)
-    ref, ours = load_pipeline(tmp / "ref"), FramePackPipeline.from_pretrained(tmp / "native", dtype=torch.float32,
-                                                                              device="cpu")
+    with work_dir(prefix="fp_bench_pipe_") as tmp:  # both pipelines are in memory once loaded
+        build_pipeline(tmp / "ref")
+        convert(tmp / "ref", tmp / "native", dtype=torch.float32)
+        ref = load_pipeline(tmp / "ref")
+        ours = FramePackPipeline.from_pretrained(tmp / "native", dtype=torch.float32, device="cpu")
     frames = args.sections * ((args.window - 1) * 4 + 1)
     image = PIL.Image.fromarray((np.random.RandomState(0).rand(96, 128, 3) * 255).astype(np.uint8))
     common = dict(height=args.height, width=args.width, num_frames=frames, latent_window_size=args.window,
