@@ -129,7 +129,8 @@ def _generate(args):
 
     def progress(event):
         if event["kind"] == "step":
-            bar.set_postfix(section=event["section"] + 1)
+            bar.total = event["sections"] * event["steps"]
+            bar.set_postfix_str(f"section {event['section'] + 1}/{event['sections']}", refresh=False)
             bar.update(1)
 
     generator = torch.Generator().manual_seed(args.seed)

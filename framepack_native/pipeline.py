@@ -147,7 +147,8 @@ class FramePackPipeline:
         PR #167); diffusers (0.42) computes that mean but passes the first image's embeddings only: False does that.
         teacache: None (exact), or a threshold (the official app's default: 0.15) to skip the transformer's blocks
         on steps where their input barely moved (framepack_native.teacache; approximate, faster).
-        callback(event): event["kind"] "step" (section, step, latents) or "section" (section, frames so far).
+        callback(event): event["kind"] "step" (section, sections, step, steps, latents) or "section" (section,
+            sections, frames so far).
         """
         sampling_type = sampling_type or self.sampling_type
         check_arguments(prompt, last_image, height, width, num_frames, latent_window_size, num_inference_steps,
@@ -216,7 +217,8 @@ class FramePackPipeline:
 
             def on_step(d):
                 if callback is not None:
-                    callback({"kind": "step", "section": k, "step": d["i"], "latents": d["x"]})
+                    callback({"kind": "step", "section": k, "sections": sections, "step": d["i"],
+                              "steps": num_inference_steps, "latents": d["x"]})
 
             noise = randn((B, cfg.in_channels, latent_window_size, h, w), generator, device)
             sigmas = flow_sigmas(num_inference_steps, self.scheduler,

@@ -78,14 +78,20 @@ def test_pipeline_matches_diffusers(pipes, case):
     steps = []
     got = ours(image, prompts if batch > 1 else prompts[0], last_image=last, sampler="euler",
                average_last_image_embeds=average,
-               generator=torch.Generator().manual_seed(42), callback=lambda e: steps.append(e["kind"]), **common)
+               generator=torch.Generator().manual_seed(42), callback=steps.append, **common)
     assert got.shape == ref.shape, (got.shape, ref.shape)
     assert got.min() >= 0 and got.max() <= 1
     unsaturated = ((ref > 1e-3) & (ref < 1 - 1e-3)).float().mean().item()
     assert unsaturated > 0.5, f"reference frames saturate ({unsaturated:.2f} unsaturated): the test would be blind"
     err = (got - ref).abs().max().item()
     assert err < 5e-3, f"max abs error {err:.2e}"
-    assert steps.count("section") >= 1 and steps.count("step") == 3 * steps.count("section")
+    kinds = [e["kind"] for e in steps]
+    sections = kinds.count("section")
+    assert sections >= 1 and kinds.count("step") == 3 * sections
+    # every event knows the totals (the CLI's progress bar): `sections` section events of `steps` step events each
+    assert {(e["sections"], e["steps"]) for e in steps if e["kind"] == "step"} == {(sections, 3)}
+    assert [(e["section"], e["step"]) for e in steps if e["kind"] == "step"] == [
+        (k, i) for k in range(sections) for i in range(3)]
 
 
 def test_generator_draws_matter(pipes):
