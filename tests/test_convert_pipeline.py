@@ -6,6 +6,7 @@ import shutil
 import struct
 
 import pytest
+import safetensors.torch
 import torch
 
 from framepack_native import FramePackPipeline
@@ -40,7 +41,9 @@ def test_download_layout_is_sharded(download):
         assert len(list(folder.glob("*.safetensors"))) > 1, folder
 
 
-def test_manifest_and_tensors_equal_sources(download, converted):
+def test_manifest_and_every_tensor_as_the_plan_says(download, converted):
+    """The folder path (index files, shards, bf16, manifest) writes, for every tensor, what the component's plan
+    computes from the sources. The plans' rules themselves are checked by the models' parity tests and below."""
     manifest = json.loads((converted / "manifest.json").read_text())
     assert sorted(manifest["components"]) == ["image_encoder", "text_encoder", "text_encoder_2", "transformer", "vae"]
     assert sorted(manifest["aux"]) == ["feature_extractor", "scheduler", "tokenizer", "tokenizer_2"]
@@ -62,6 +65,32 @@ def test_manifest_and_tensors_equal_sources(download, converted):
             assert torch.equal(got, want.to(got.dtype)), step.dst
             checked += 1
     assert checked > 100
+
+
+def _raw(folder):
+    """Every tensor of a sharded source folder, read by safetensors itself."""
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in safetensors.torch.load_file(f).items()}
+
+
+def test_fused_and_reordered_tensors_from_the_raw_shards(download, converted):
+    """Hand-derived from the downloaded shards: fused q/k/v(/mlp) rows and the final layer's swapped halves."""
+    src, ours = _raw(download["transformer"]), open_checkpoint(converted / "transformer")
+    llama_src, llama = _raw(download["src"] / "text_encoder"), open_checkpoint(converted / "text_encoder")
+    dual, single = "transformer_blocks.0", "single_transformer_blocks.1"
+    half = src["norm_out.linear.weight"].shape[0] // 2
+    expected = {
+        "double_blocks.0.img_attn.qkv.weight": torch.cat([src[f"{dual}.attn.to_{x}.weight"] for x in "qkv"]),
+        "double_blocks.0.txt_attn.qkv.bias": torch.cat([src[f"{dual}.attn.add_{x}_proj.bias"] for x in "qkv"]),
+        "single_blocks.1.linear1.weight": torch.cat([src[f"{single}.attn.to_{x}.weight"] for x in "qkv"]
+                                                    + [src[f"{single}.proj_mlp.weight"]]),
+        # diffusers stores (scale, shift), the native layer (shift, scale)
+        "final_layer.modulation.weight": torch.cat([src["norm_out.linear.weight"][half:],
+                                                    src["norm_out.linear.weight"][:half]]),
+    }
+    for name, want in expected.items():
+        assert torch.equal(ours.get(name), want.to(torch.bfloat16)), name
+    want = torch.cat([llama_src[f"layers.0.self_attn.{x}_proj.weight"] for x in "qkv"])
+    assert torch.equal(llama.get("layers.0.attn.qkv.weight"), want.to(torch.bfloat16))
 
 
 def test_converted_download_generates(converted, capsys):

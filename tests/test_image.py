@@ -116,6 +116,8 @@ def test_load_image_from_path_with_exif_and_errors(tmp_path):
     image.save(tmp_path / "rotated.jpg", exif=exif)
     loaded = load_image(tmp_path / "rotated.jpg")
     assert loaded.size == (40, 60) and loaded.mode == "RGB"
+    stored = np.asarray(PIL.Image.open(tmp_path / "rotated.jpg").convert("RGB"))  # as saved, not rotated
+    assert np.array_equal(np.asarray(loaded), np.rot90(stored, k=-1))  # clockwise, not the other way
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="broken.png: cannot read image"):
         load_image(tmp_path / "broken.png")

@@ -52,7 +52,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_parity_tiny(tiny, case):
     ref, ours, _, _ = tiny
-    inputs = make_inputs(TINY, seed=hash(case) % 1000, **CASES[case])
+    inputs = make_inputs(TINY, seed=list(CASES).index(case), **CASES[case])  # str hash() changes per run
     expected = reference_forward(ref, inputs)
     got = run_ours(ours, inputs)
     assert got.shape == inputs["hidden_states"].shape

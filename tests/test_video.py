@@ -9,7 +9,8 @@ def test_uint8_conversion_rounds_and_clamps():
     frames = torch.tensor([-0.5, 0.0, 0.5 / 255, 1.5 / 255, 1.0, 2.0]).view(1, 3, 1, 2)
     px = to_uint8_frames(frames)
     assert px.shape == (1, 1, 2, 3)
-    assert sorted(px.reshape(-1).tolist()) == sorted([0, 0, 0, 2, 255, 255])
+    # (F, 3, H, W) -> (F, H, W, 3), RGB order kept: R = (-0.5, 0), G = (0.5, 1.5) / 255 (half to even), B = (1, 2)
+    assert px.tolist() == [[[[0, 0, 255], [0, 2, 255]]]]
 
 
 def test_mp4_round_trip(tmp_path):
@@ -17,6 +18,7 @@ def test_mp4_round_trip(tmp_path):
     x = torch.linspace(0, 1, 48).view(1, 1, 1, 48)
     frames = torch.stack([(x + 0.02 * i + torch.zeros(3, 32, 48)).remainder(1.0).squeeze(0) for i in range(9)])
     frames[:, 1] *= 0.5
+    frames[:, 2] = 1 - frames[:, 2]  # three different channels: swapped R and B would not go unseen
     out = write_mp4(tmp_path / "v.mp4", frames, fps=30, crf=10)
     decoded = read_video(out)
     assert decoded.shape == (9, 32, 48, 3)
