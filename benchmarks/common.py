@@ -94,7 +94,7 @@ def device_name(device):
 def kernel_parser(description, inner):
     """The arguments benchmarks/attention.py and benchmarks/rope.py share: device, dtype, shapes, repetitions."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=DTYPES, default="bf16")
     p.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 30000])
     p.add_argument("--heads", type=int, default=24)

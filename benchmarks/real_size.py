@@ -98,6 +98,8 @@ def main():
     p.add_argument("--tiny", action="store_true", help="toy configs and sizes (a check of the script)")
     p.add_argument("--out", help="also write the results to this JSON file")
     args = p.parse_args()
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        p.error("no CUDA device here: --device cpu --tiny checks the script (the real sizes need ~30 GB)")
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     results = {"device": device_name(device),
                "torch": torch.__version__, "dtype": args.dtype, "date": time.strftime("%Y-%m-%d")}
