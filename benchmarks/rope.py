@@ -73,7 +73,7 @@ def main():
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it needs a C compiler on CPU)")
     args = p.parse_args()
     if not 0 <= args.text < min(args.lengths):
-        p.error(f"--text {args.text} must be >= 0 and below every length (--lengths {' '.join(map(str, args.lengths))})")
+        p.error(f"--text {args.text} must be >= 0 and below every length (shortest: {min(args.lengths)})")
     print_header(args)
     bench(args.lengths, args.heads, args.head_dim, args.batch, DTYPES[args.dtype], args.device, args.text,
           args.runs, args.inner, not args.no_compile)
