@@ -1,6 +1,7 @@
 """The 13B transformer, the VAE and the text encoders at their real sizes on one GPU: seconds per transformer
 forward (resident, and streamed block by block as `--offload` runs it) and peak GPU memory of each, for one
-640x640 section; the Llama + CLIP prompt encoding as `--offload` runs it (moved in, run, moved out).
+640x640 section; the Llama + CLIP prompt encoding with the Llama moved in whole, and streamed layer by layer as
+`--offload` runs it.
 
     python benchmarks/real_size.py                     # CUDA, bf16, the real configs (26 GB of random weights)
     python benchmarks/real_size.py --tiny --device cpu # the same code paths at toy sizes (checks the script)
@@ -80,14 +81,18 @@ def text_encoders(l_config, c_config, device, dtype, report):
     mask = (torch.arange(256) < 64).long()[None].to(device)  # (1, 256): 64 valid tokens
     clip_ids = torch.randint(0, c_config.vocab_size, (1, 77), generator=gen).to(device)
 
-    def encode():
-        with on_device(llama, device, True), on_device(clip, device, True):
+    def encode(streamed):
+        llama_there = streamed_blocks(llama, device, ("layers",)) if streamed else on_device(llama, device, True)
+        with llama_there, on_device(clip, device, True):
             return llama(ids, mask, hidden_state_index=HIDDEN_STATE_INDEX), clip(clip_ids)[1]
 
-    with torch.inference_mode():
-        seconds, peak, _ = measure(encode, device, 1)
-    report("text encoding under --offload (move in, run, move out): s, peak GiB", [round(seconds, 3),
-                                                                                     round(peak / GIB, 2)])
+    outputs = {}
+    for streamed, label in ((False, "Llama moved in whole"), (True, "Llama streamed layer by layer, as --offload")):
+        with torch.inference_mode():
+            seconds, peak, outputs[streamed] = measure(lambda: encode(streamed), device, 1)
+        report(f"text encoding ({label}): s, peak GiB", [round(seconds, 3), round(peak / GIB, 2)])
+    report("text encoding streamed vs whole, rel. L2 (Llama, CLIP pooled)",
+           [rel_l2(a, b) for a, b in zip(outputs[True], outputs[False])])
 
 
 def main():

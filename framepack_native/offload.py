@@ -1,9 +1,10 @@
-"""Offloading applied from outside the models: whole components, or a transformer block by block.
+"""Offloading applied from outside the models: whole components, or a model block by block.
 
 The 13B transformer alone (26 GB in bf16) does not fit a 24 GB GPU, so with offload its dual / single
 blocks stay on the CPU (pinned when possible) and each is copied in just before it runs and dropped after,
 while the small parts (embedders, refiner, final layer) stay on the device for the duration (the idea of
-FramePack's DynamicSwap, done with module hooks).
+FramePack's DynamicSwap, done with module hooks). The Llama text encoder is streamed the same way, layer by
+layer (0.4 GB each in bf16, 13 GB in all), so no component needs its whole weight on the GPU.
 """
 import contextlib
 
@@ -50,11 +51,12 @@ def on_device(module, device, offload):
 
 
 @contextlib.contextmanager
-def streamed_blocks(model, device):
-    """Inside the block, `model` runs on `device` with only one of its BLOCK_LISTS blocks there at a time."""
-    rest = [m for name, m in model.named_children() if name not in BLOCK_LISTS]
+def streamed_blocks(model, device, block_lists=BLOCK_LISTS):
+    """Inside the block, `model` runs on `device` with only one block of its `block_lists` (names of its
+    nn.ModuleList children) there at a time; its other children stay on `device` for the duration."""
+    rest = [m for name, m in model.named_children() if name not in block_lists]
     handles = []
-    for block in (b for name in BLOCK_LISTS for b in getattr(model, name)):
+    for block in (b for name in block_lists for b in getattr(model, name)):
         copies = _host_copies(block)
         _swap_out(copies)(block, None, None)
         handles.append(block.register_forward_pre_hook(_swap_in(copies, device)))

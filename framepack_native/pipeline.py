@@ -79,7 +79,8 @@ class FramePackPipeline:
         """Load every component of a folder written by `python -m weights_convert`.
 
         offload=True keeps the weights on the CPU and moves each component to `device` only while it works,
-        the transformer one block at a time (framepack_native.offload), so the 13B model runs on a 24 GB GPU.
+        the transformer and the Llama encoder one block at a time (framepack_native.offload), so the 13B model
+        runs on a 24 GB GPU.
         """
         root = Path(native_dir)
         manifest = read_manifest(root)
@@ -114,7 +115,9 @@ class FramePackPipeline:
         return on_device(module, self.device, self.offload)
 
     def _encode_text(self, prompts, dtype):
-        with self._on_device(self.text_encoder), self._on_device(self.text_encoder_2):
+        llama = (streamed_blocks(self.text_encoder, self.device, ("layers",)) if self.offload
+                 else contextlib.nullcontext())
+        with llama, self._on_device(self.text_encoder_2):
             embeds, mask, pooled = encode_prompt(prompts, self.tokenizer, self.text_encoder, self.tokenizer_2,
                                                  self.text_encoder_2)
         return embeds.to(self.device, dtype), mask.to(self.device), pooled.to(self.device, dtype)

@@ -1,4 +1,5 @@
 """framepack_native.offload: offloaded runs give the same frames; blocks are swapped in one at a time."""
+import pytest
 import torch
 
 from framepack_native import offload
@@ -23,34 +24,69 @@ class _MovedOnTo(torch.Tensor):
         return torch.Tensor.clone(self).as_subclass(torch.Tensor)
 
 
-def test_streamed_blocks_swap_each_block_in_and_out(monkeypatch):
+def _transformer():
+    model = demo_pipeline(seed=1).transformer
+    B, C, T, H, W = 1, 4, 2, 4, 6
+    inputs = (torch.randn(B, C, T, H, W), torch.tensor([500.0]), torch.randn(B, 5, 32), torch.ones(B, 5),
+              torch.randn(B, 16), torch.randn(B, 16, 24), torch.arange(T))
+    return model, ("double_blocks", "single_blocks"), lambda: model(*inputs, guidance=torch.tensor([6000.0]))
+
+
+def _llama():
+    model = demo_pipeline(seed=1).text_encoder
+    ids = torch.randint(0, model.config.vocab_size, (2, 7))
+    return model, ("layers",), lambda: model(ids, torch.ones_like(ids), hidden_state_index=-1)
+
+
+@pytest.mark.parametrize("build", [_transformer, _llama], ids=["transformer", "llama"])
+def test_streamed_blocks_swap_each_block_in_and_out(monkeypatch, build):
     host_copies = offload._host_copies
     monkeypatch.setattr(offload, "_host_copies",
                         lambda m: {t: c.clone().as_subclass(_MovedOnTo) for t, c in host_copies(m).items()})
-    model = demo_pipeline(seed=1).transformer
-    blocks = list(model.double_blocks) + list(model.single_blocks)
+    model, lists, forward = build()
+    blocks = [b for name in lists for b in getattr(model, name)]
+    assert len(blocks) > 1
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     seen, resident = [], []
-    with streamed_blocks(model, "cpu"):
-        home = {p: p.data_ptr() for p in model.parameters()}   # the host copies while no block runs
+    with torch.no_grad():
+        expected = forward()
+        with streamed_blocks(model, "cpu", lists):
+            home = {p: p.data_ptr() for p in model.parameters()}   # the host copies while no block runs
 
-        def spy(i):  # registered after the offload hooks: sees which blocks are away from home as block i runs
-            def hook(module, args):
-                seen.append(i)
-                away = [j for j, o in enumerate(blocks) if any(p.data_ptr() != home[p] for p in o.parameters())]
-                resident.append(away)
-            return hook
+            def spy(i):  # registered after the offload hooks: sees which blocks are away from home as block i runs
+                def hook(module, args):
+                    seen.append(i)
+                    away = [j for j, o in enumerate(blocks) if any(p.data_ptr() != home[p] for p in o.parameters())]
+                    resident.append(away)
+                return hook
 
-        for i, b in enumerate(blocks):
-            b.register_forward_pre_hook(spy(i))
-        hooks = sum(len(b._forward_pre_hooks) + len(b._forward_hooks) for b in blocks)
-        B, C, T, H, W = 1, 4, 2, 4, 6
-        model(torch.randn(B, C, T, H, W), torch.tensor([500.0]), torch.randn(B, 5, 32), torch.ones(B, 5),
-              torch.randn(B, 16), torch.randn(B, 16, 24), torch.arange(T), guidance=torch.tensor([6000.0]))
-        back_home = all(p.data_ptr() == home[p] for p in model.parameters())
+            for i, b in enumerate(blocks):
+                b.register_forward_pre_hook(spy(i))
+            hooks = sum(len(b._forward_pre_hooks) + len(b._forward_hooks) for b in blocks)
+            streamed = forward()
+            back_home = all(p.data_ptr() == home[p] for p in model.parameters())
+    assert torch.equal(streamed, expected)
     assert seen == list(range(len(blocks)))
     assert resident == [[i] for i in range(len(blocks))]  # each block swapped in as it runs, and only it
     assert back_home  # and swapped out after
     assert hooks == 3 * len(blocks)  # ours (swap in, swap out) + the spy
     assert sum(len(b._forward_pre_hooks) + len(b._forward_hooks) for b in blocks) == len(blocks)  # ours removed
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_offloaded_pipeline_streams_the_llama_layers(monkeypatch):
+    """With offload the text encoder is streamed layer by layer (the transformer block by block), not moved whole."""
+    import framepack_native.pipeline as pipeline
+    streamed = []
+
+    def spy(model, device, block_lists=offload.BLOCK_LISTS):
+        streamed.append((type(model).__name__, tuple(block_lists)))
+        return streamed_blocks(model, device, block_lists)
+
+    monkeypatch.setattr(pipeline, "streamed_blocks", spy)
+    pipe = demo_pipeline(seed=3)
+    pipe.offload = True
+    pipe(demo_image(), "waves", height=32, width=48, num_frames=5, latent_window_size=2, num_inference_steps=1,
+         generator=torch.Generator().manual_seed(0))
+    assert streamed[0] == ("LlamaTextEncoder", ("layers",))
+    assert set(streamed[1:]) == {("FramePackTransformer", offload.BLOCK_LISTS)}
