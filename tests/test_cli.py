@@ -51,6 +51,20 @@ def test_generate_from_converted_model(model_dir, image_file, tmp_path):
     assert read_video(out).shape == (13, 32, 48, 3)
 
 
+def test_vae_tiling_flag_reaches_the_vae(model_dir, image_file, tmp_path, monkeypatch):
+    from framepack_native.models.vae import HunyuanVideoVAE
+    assert build_parser().parse_args(["generate", "--out", "x.mp4"]).vae_tiling is False
+    tiled = []
+    decode = HunyuanVideoVAE.decode
+    monkeypatch.setattr(HunyuanVideoVAE, "decode", lambda self, z: (tiled.append(self.use_tiling), decode(self, z))[1])
+    out = tmp_path / "out.mp4"
+    code = main(["generate", "--model", str(model_dir), "--image", str(image_file), "--prompt", "a boat",
+                 "--height", "32", "--width", "48", "--num-frames", "9", "--window", "3", "--steps", "1",
+                 "--device", "cpu", "--vae-tiling", "--out", str(out)])
+    assert code == 0 and read_video(out).shape == (13, 32, 48, 3)
+    assert tiled and all(tiled)
+
+
 def test_generate_with_teacache_skips_steps(model_dir, image_file, tmp_path, teacaches):
     """--teacache 10 (far above what these few small steps accumulate) skips all but the first and last step;
     the bare flag means the official app's 0.15."""
