@@ -123,9 +123,9 @@ def _generate(args):
     else:
         from framepack_native import FramePackPipeline
         pipe = FramePackPipeline.from_pretrained(args.model, dtype=dtype, device=args.device, offload=args.offload)
+        image, prompt = images["--image"], args.prompt
     if args.vae_tiling:
         pipe.vae.enable_tiling()  # diffusers' tiles and overlaps, as the official app on GPUs under 60 GB
-        image, prompt = images["--image"], args.prompt
 
     bar = tqdm(desc="sampling", unit="step", file=sys.stderr)
 
