@@ -43,6 +43,7 @@ def source_field(src, name, default=REQUIRED, kind=None):
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
+    """Native key `dst` from source key(s) `src` ("{}" a block index, "{*}" any suffix), through TRANSFORMS[op]."""
     dst: str
     src: "str | tuple[str, ...]"
     op: "str | None" = None
@@ -50,6 +51,7 @@ class Rule:
 
 @dataclasses.dataclass(frozen=True)
 class Drop:
+    """Source key(s) matching `src` that the native model does not keep (e.g. a pooling head)."""
     src: str
 
 

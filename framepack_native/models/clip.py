@@ -33,6 +33,7 @@ def check_activation(name):
 
 @dataclasses.dataclass(frozen=True)
 class CLIPTextConfig:
+    """Defaults: the ViT-L/14 text tower of HunyuanVideo's text_encoder_2 (transformers' CLIPTextConfig names)."""
     vocab_size: int = 49408
     hidden_size: int = 768
     intermediate_size: int = 3072

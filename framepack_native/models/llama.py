@@ -18,6 +18,7 @@ ROPE_TYPES = ("default", "llama3")
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
+    """Defaults: llava-llama-3-8b, HunyuanVideo's text_encoder (transformers' LlamaConfig names)."""
     vocab_size: int = 128320
     hidden_size: int = 4096
     intermediate_size: int = 14336

@@ -14,6 +14,7 @@ from framepack_native.models.loading import load_pretrained
 
 @dataclasses.dataclass(frozen=True)
 class SiglipVisionConfig:
+    """Defaults: siglip-so400m-patch14-384, flux_redux_bfl's image_encoder (transformers' SiglipVisionConfig names)."""
     hidden_size: int = 1152
     intermediate_size: int = 4304
     num_hidden_layers: int = 27

@@ -14,6 +14,7 @@ from framepack_native.noise import randn
 
 @dataclasses.dataclass(frozen=True)
 class HunyuanVideoVAEConfig:
+    """Defaults: HunyuanVideo's vae (diffusers' AutoencoderKLHunyuanVideo config names)."""
     in_channels: int = 3
     out_channels: int = 3
     latent_channels: int = 16
