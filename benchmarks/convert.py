@@ -71,9 +71,11 @@ def measure(root, dual, single):
     proc = subprocess.Popen([sys.executable, "-m", "weights_convert", str(src), str(dst), "--dtype", "bf16",
                              "--overwrite"], stderr=subprocess.PIPE, text=True)
     stderr = proc.stderr.read()
+    proc.stderr.close()
     _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak (RUSAGE_CHILDREN is the max over all of them)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
     seconds = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status):
+    if proc.returncode:
         sys.exit(stderr)
     peak = usage.ru_maxrss * 1024
     out = open_checkpoint(dst)

@@ -177,7 +177,7 @@ def _generate_parser(gen):
     gen.add_argument("--dtype", choices=DTYPES, default=None, help="default bf16 on GPU, fp32 on CPU")
     gen.add_argument("--offload", action="store_true", help="keep weights on the CPU between uses (24 GB GPUs)")
     gen.add_argument("--vae-tiling", action="store_true",
-                     help="VAE decode in overlapping spatial tiles: ~2 GiB instead of ~7 GiB at 640x640, slower")
+                     help="VAE encode/decode in overlapping spatial tiles: ~2 GiB instead of ~7 GiB at 640x640, slower")
     gen.add_argument("--crf", type=int, default=16, help="H.264 quality 0..51 (lower is better)")
     gen.add_argument("--out", required=True, help="output .mp4 path")
     gen.set_defaults(func=_generate)

@@ -51,6 +51,8 @@ def test_load_memory():
 def test_real_size_tiny():
     out = run("real_size.py", "--tiny", "--runs", "1", "--device", "cpu")
     assert numbers(r"streamed \(auto\) vs resident \(auto\) output, rel\. L2: ([\d.e+-]+)", out)[0] == 0.0
+    line = re.search(r"text encoding streamed vs whole, rel\. L2 \(Llama, CLIP pooled\): (.*)", out)
+    assert line and numbers(r"([\d.e+-]+)", line[1]) == [0.0, 0.0], out
 
 
 @pytest.mark.parametrize("script, args", [("attention.py", ["--lengths", "64", "100"]),

@@ -38,11 +38,16 @@ def _llama():
     return model, ("layers",), lambda: model(ids, torch.ones_like(ids), hidden_state_index=-1)
 
 
-@pytest.mark.parametrize("build", [_transformer, _llama], ids=["transformer", "llama"])
-def test_streamed_blocks_swap_each_block_in_and_out(monkeypatch, build):
+@pytest.fixture
+def visible_swaps(monkeypatch):
+    """Host copies that a swap-in really copies (see _MovedOnTo)."""
     host_copies = offload._host_copies
-    monkeypatch.setattr(offload, "_host_copies",
-                        lambda m: {t: c.clone().as_subclass(_MovedOnTo) for t, c in host_copies(m).items()})
+    monkeypatch.setattr(offload, "_host_copies", lambda model, blocks: {
+        t: c.clone().as_subclass(_MovedOnTo) for t, c in host_copies(model, blocks).items()})
+
+
+@pytest.mark.parametrize("build", [_transformer, _llama], ids=["transformer", "llama"])
+def test_streamed_blocks_swap_each_block_in_and_out(visible_swaps, build):
     model, lists, forward = build()
     blocks = [b for name in lists for b in getattr(model, name)]
     assert len(blocks) > 1
@@ -75,18 +80,69 @@ def test_streamed_blocks_swap_each_block_in_and_out(monkeypatch, build):
 
 
 def test_offloaded_pipeline_streams_the_llama_layers(monkeypatch):
-    """With offload the text encoder is streamed layer by layer (the transformer block by block), not moved whole."""
+    """With offload the text encoder is streamed layer by layer (the transformer block by block), not moved whole;
+    the small components are moved whole."""
     import framepack_native.pipeline as pipeline
-    streamed = []
+    streamed, whole = [], []
 
     def spy(model, device, block_lists=offload.BLOCK_LISTS):
         streamed.append((type(model).__name__, tuple(block_lists)))
         return streamed_blocks(model, device, block_lists)
 
+    def whole_spy(module, device, offload_):
+        whole.append(type(module).__name__)
+        return offload.on_device(module, device, offload_)
+
     monkeypatch.setattr(pipeline, "streamed_blocks", spy)
+    monkeypatch.setattr(pipeline, "on_device", whole_spy)
     pipe = demo_pipeline(seed=3)
     pipe.offload = True
     pipe(demo_image(), "waves", height=32, width=48, num_frames=5, latent_window_size=2, num_inference_steps=1,
          generator=torch.Generator().manual_seed(0))
     assert streamed[0] == ("LlamaTextEncoder", ("layers",))
     assert set(streamed[1:]) == {("FramePackTransformer", offload.BLOCK_LISTS)}
+    assert set(whole) == {"CLIPTextEncoder", "SiglipVisionEncoder", "HunyuanVideoVAE"}
+
+
+def test_pack_plan_fills_whole_buffers():
+    """Chunks of exactly chunk_bytes filled first fit, tensors on ALIGN boundaries, an oversized tensor alone,
+    underfilled chunks shrunk to a power of two; the copies equal the originals and share the buffers."""
+    chunk = 4096
+    nbytes = [1000, 1000, 1000, 1000, 5000, 700, 100, 3000, 200]
+    sizes, places = offload.pack_plan(nbytes, chunk)
+    # four 1000 B fill chunk 0 (512 B boundaries: the 4th ends at 4072); 5000 B gets a buffer of its own; 700 B
+    # opens chunk 2 and 100 B follows at 1024; 3000 B fits nowhere (chunk 2 is used to 1536): chunk 3; 200 B
+    # goes back to chunk 2 at 1536, which ends at 1736 and shrinks to 2048; chunk 3 ends at 3000: stays 4096
+    assert places == [(0, 0), (0, 1024), (0, 2048), (0, 3072), (1, 0), (2, 0), (2, 1024), (3, 0), (2, 1536)]
+    assert sizes == [4096, 5000, 2048, 4096]
+    tensors = [torch.randn(n // 4) if n % 4 == 0 else torch.randint(0, 9, (n,), dtype=torch.uint8) for n in nbytes]
+    copies = offload.pack(tensors, pin=False, chunk_bytes=chunk)
+    assert all(torch.equal(c, t) and c.dtype == t.dtype for c, t in zip(copies, tensors))
+    assert len({c.untyped_storage().data_ptr() for c in copies}) == 4
+    assert sorted({c.untyped_storage().nbytes() for c in copies}) == [2048, 4096, 5000]
+
+
+def test_streaming_twice_reuses_the_packed_copies():
+    model, lists, forward = _transformer()
+    with torch.no_grad(), streamed_blocks(model, "cpu", lists):
+        first = {n: p.data_ptr() for n, p in model.named_parameters()}
+        forward()
+    with torch.no_grad(), streamed_blocks(model, "cpu", lists):
+        assert {n: p.data_ptr() for n, p in model.named_parameters()} == first
+
+
+def test_an_error_inside_leaves_every_block_home_and_no_hook(visible_swaps):
+    model, lists, forward = _llama()
+    blocks = list(model.layers)
+
+    def boom(module, args, out):
+        raise RuntimeError("out of memory (planted)")
+
+    with torch.no_grad(), pytest.raises(RuntimeError, match="planted"):
+        with streamed_blocks(model, "cpu", lists):
+            home = {p: p.data_ptr() for p in model.parameters()}
+            # block 1 raises after its swap-in, before its swap-out: a stand-in for a failed forward
+            blocks[1].mlp.register_forward_hook(boom)
+            forward()
+    assert not any(b._forward_pre_hooks or b._forward_hooks for b in blocks)  # ours removed
+    assert all(p.data_ptr() == home[p] for p in model.parameters())  # block 1 too
