@@ -62,7 +62,7 @@ def pack(tensors, pin, chunk_bytes=CHUNK_BYTES, on_copy=None):
             buffers.append(torch.empty(sizes[len(buffers)], dtype=torch.uint8, pin_memory=pin))
         n = t.numel() * t.element_size()
         copy = buffers[b][offset:offset + n].view(t.dtype).view(t.shape)
-        copy.copy_(t)
+        copy.copy_(t.detach())
         copies.append(copy)
         if on_copy is not None:
             on_copy(i, copy)
@@ -80,7 +80,7 @@ def _host_copies(model, blocks):
     def settle(i, copy):
         tensors[i].data = copy  # the original storage is freed here, tensor by tensor
 
-    copies = dict(zip(tensors, pack([t.data for t in tensors], torch.cuda.is_available(), on_copy=settle)))
+    copies = dict(zip(tensors, pack(tensors, torch.cuda.is_available(), on_copy=settle)))
     _PACKED[model] = copies
     return copies
 
