@@ -146,3 +146,27 @@ def test_an_error_inside_leaves_every_block_home_and_no_hook(visible_swaps):
             forward()
     assert not any(b._forward_pre_hooks or b._forward_hooks for b in blocks)  # ours removed
     assert all(p.data_ptr() == home[p] for p in model.parameters())  # block 1 too
+
+
+def _kib(field):
+    return int(open("/proc/self/status").read().split(f"{field}:")[1].split()[0])
+
+
+def test_packing_drops_each_original_as_it_is_copied():
+    """Host memory grows by about one tensor while the blocks are packed, not by a second copy of them all."""
+    class Blocks(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.double_blocks = torch.nn.ModuleList(torch.nn.Linear(2048, 4096, bias=False) for _ in range(8))
+            self.single_blocks = torch.nn.ModuleList()
+
+    model = Blocks()  # 8 x 32 MiB of float32 weights
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1.0)  # every page touched
+    open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark to the current RSS
+    before = _kib("VmRSS")
+    with streamed_blocks(model, "cpu"):
+        grown = (_kib("VmHWM") - before) / 1024
+    assert all(torch.equal(p, torch.ones_like(p)) for p in model.parameters())
+    assert grown < 128, f"peak grew {grown:.0f} MiB while packing 256 MiB"
