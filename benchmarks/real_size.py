@@ -30,7 +30,7 @@ from framepack_native.models.clip import CLIPTextConfig, CLIPTextEncoder  # noqa
 from framepack_native.models.llama import LlamaConfig, LlamaTextEncoder  # noqa: E402
 from framepack_native.models.transformer import FramePackTransformer, FramePackTransformerConfig  # noqa: E402
 from framepack_native.models.vae import HunyuanVideoVAE, HunyuanVideoVAEConfig  # noqa: E402
-from framepack_native.offload import on_device, streamed_blocks  # noqa: E402
+from framepack_native.offload import host_buffers, on_device, streamed_blocks  # noqa: E402
 from framepack_native.prompt import HIDDEN_STATE_INDEX  # noqa: E402
 
 GIB = 2**30
@@ -146,6 +146,9 @@ def main():
                    round(torch.cuda.memory_allocated(device) / GIB, 2) if device.type == "cuda" else 0)
             seconds, peak, streamed = measure(lambda: model(**inputs), device, args.runs)
             report("streamed forward (auto): s, peak GiB", [round(seconds, 3), round(peak / GIB, 2)])
+            buffers = host_buffers(model)
+            report("streamed: host buffers of the blocks' copies (count, GiB; pinned on CUDA)",
+                   [len(buffers), round(sum(buffers) / GIB, 2)])
         report("streamed (auto) vs resident (auto) output, rel. L2", rel_l2(streamed, resident["auto"]))
         report("resident auto vs resident torch backend output, rel. L2", rel_l2(resident["auto"], resident["torch"]))
     del model, resident, streamed

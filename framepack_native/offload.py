@@ -85,6 +85,12 @@ def _host_copies(model, blocks):
     return copies
 
 
+def host_buffers(model):
+    """Sizes in bytes of the host buffers holding `model`'s streamed blocks (empty if it was never streamed)."""
+    copies = _PACKED.get(model, {})
+    return sorted({c.untyped_storage().data_ptr(): c.untyped_storage().nbytes() for c in copies.values()}.values())
+
+
 def _swap_in(copies, device):
     def hook(module, args):
         for t in list(module.parameters()) + list(module.buffers()):

@@ -129,6 +129,10 @@ def test_streaming_twice_reuses_the_packed_copies():
         forward()
     with torch.no_grad(), streamed_blocks(model, "cpu", lists):
         assert {n: p.data_ptr() for n, p in model.named_parameters()} == first
+    streamed_bytes = sum(t.numel() * t.element_size() for name in lists for b in getattr(model, name)
+                         for t in list(b.parameters()) + list(b.buffers()))
+    buffers = offload.host_buffers(model)  # the demo's blocks fit one buffer, shrunk to a power of two
+    assert len(buffers) == 1 and streamed_bytes <= buffers[0] < 2 * streamed_bytes
 
 
 def test_an_error_inside_leaves_every_block_home_and_no_hook(visible_swaps):
