@@ -136,12 +136,14 @@ def _generate(args):
             bar.update(1)
 
     generator = torch.Generator().manual_seed(args.seed)
-    video = pipe(image, prompt, last_image=images.get("--last-image"), negative_prompt=args.negative_prompt,
-                 height=args.height, width=args.width, num_frames=frames, latent_window_size=args.window,
-                 num_inference_steps=args.steps, guidance_scale=args.guidance, true_cfg_scale=args.cfg,
-                 generator=generator, sampling_type=args.sampling, sampler=args.sampler, teacache=args.teacache,
-                 callback=progress)
-    bar.close()
+    try:
+        video = pipe(image, prompt, last_image=images.get("--last-image"), negative_prompt=args.negative_prompt,
+                     height=args.height, width=args.width, num_frames=frames, latent_window_size=args.window,
+                     num_inference_steps=args.steps, guidance_scale=args.guidance, true_cfg_scale=args.cfg,
+                     generator=generator, sampling_type=args.sampling, sampler=args.sampler,
+                     teacache=args.teacache, callback=progress)
+    finally:
+        bar.close()  # before any error line, not after it
     path = write_mp4(args.out, video[0], fps=FPS, crf=args.crf)
     print(f"wrote {path} ({video.shape[1]} frames, {args.width}x{args.height}, {FPS} fps)")
     return 0
@@ -215,8 +217,18 @@ def main(argv=None):
     from weights_convert.core import ConversionError
 
     def command():
+        import torch
         args = _defaults(build_parser().parse_args(argv))
-        return args.func(args)
+        try:
+            return args.func(args)
+        except torch.cuda.OutOfMemoryError as e:  # a RuntimeError, not bad input: one line and the usual remedies
+            first = (str(e).strip() or "CUDA out of memory").splitlines()[0]
+            if args.func is _generate:
+                remedies = [flag for flag, on in (("--offload", args.offload), ("--vae-tiling", args.vae_tiling))
+                            if not on] + ["a smaller --height / --width"]
+                first += f"; try {', '.join(remedies)}"
+            print(f"error: {first}", file=sys.stderr)
+            return 1
 
     return run_command(command, (UsageError, CheckpointError, ConversionError, ValueError, OSError),
                        "no video written")

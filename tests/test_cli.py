@@ -51,6 +51,22 @@ def test_generate_from_converted_model(model_dir, image_file, tmp_path):
     assert read_video(out).shape == (13, 32, 48, 3)
 
 
+def test_out_of_gpu_memory_is_one_line_with_remedies(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from framepack_native.pipeline import FramePackPipeline
+
+    def oom(self, *args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.\nMore details here.")
+
+    monkeypatch.setattr(FramePackPipeline, "__call__", oom)
+    assert main(["generate", "--demo", "--vae-tiling", "--out", str(tmp_path / "v.mp4")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("error: CUDA out of memory. Tried to allocate 2.00 GiB.; try --offload, "
+                       "a smaller --height / --width")
+    assert "Traceback" not in "\n".join(err) and list(tmp_path.iterdir()) == []
+
+
 def test_vae_tiling_flag_reaches_the_vae(model_dir, image_file, tmp_path, monkeypatch):
     from framepack_native.models.vae import HunyuanVideoVAE
     assert build_parser().parse_args(["generate", "--out", "x.mp4"]).vae_tiling is False
