@@ -1,9 +1,14 @@
-"""Input images: loading, and the reference pipeline's two preprocessings.
+"""Input images: loading, resolution buckets, and the two ways of preparing the picture (official app, diffusers).
 
-vae_pixels: diffusers' VideoProcessor.preprocess(image, height, width) -> (1, 3, H, W) in [-1, 1].
-siglip_pixels: HunyuanVideoFramepackPipeline.encode_image on those pixels: back to [0, 1], then the
-SiglipImageProcessor of feature_extractor/ with do_rescale=False. Without torchvision transformers runs
-its PIL processor, which this reproduces: quantise to uint8 (truncating), PIL resize, /255, normalise.
+diffusers (preset "diffusers"):
+    vae_pixels: diffusers' VideoProcessor.preprocess(image, height, width) -> (1, 3, H, W) in [-1, 1] (stretch).
+    siglip_pixels: HunyuanVideoFramepackPipeline.encode_image on those pixels: back to [0, 1], then the
+    SiglipImageProcessor of feature_extractor/ with do_rescale=False. Without torchvision transformers runs
+    its PIL processor, which this reproduces: quantise to uint8 (truncating), PIL resize, /255, normalise.
+official app (preset "official", demo_gradio.py worker()):
+    nearest_bucket: the app's bucket for the image's aspect ratio (diffusers_helper/bucket_tools.py);
+    center_crop_uint8: scale to cover, Lanczos, centre crop (resize_and_center_crop) -> the exact uint8 picture;
+    the VAE gets it as x / 127.5 - 1, SigLIP's processor gets the uint8 picture itself (siglip_pixels_uint8).
 """
 import dataclasses
 from pathlib import Path
@@ -18,6 +23,24 @@ from framepack_native.configs import config_from_dict, is_kind, read_json
 from framepack_native.weights import CheckpointError
 
 RESIZE_MODES = ("default", "crop")
+# (height, width) buckets of the official app (diffusers_helper/bucket_tools.py), by resolution
+BUCKETS = {640: ((416, 960), (448, 864), (480, 832), (512, 768), (544, 704), (576, 672), (608, 640), (640, 608),
+                 (672, 576), (704, 544), (768, 512), (832, 480), (864, 448), (960, 416))}
+
+
+def nearest_bucket(height, width, resolution=640):
+    """The bucket (h, w) whose aspect ratio is nearest height : width, by |height * w - width * h|.
+
+    Ties go to the later bucket of the list, as the app's `<=` does: a square picture gets 640 x 608 (h x w).
+    """
+    if resolution not in BUCKETS:
+        raise ValueError(f"resolution {resolution!r} has no buckets; known: {sorted(BUCKETS)}")
+    best, best_err = None, None
+    for h, w in BUCKETS[resolution]:
+        err = abs(height * w - width * h)
+        if best_err is None or err <= best_err:
+            best, best_err = (h, w), err
+    return best
 
 
 def load_image(image):
@@ -80,6 +103,30 @@ def _resize_and_crop(image, width, height, resample):
     out = PIL.Image.new("RGB", (width, height))
     out.paste(image.resize((src_w, src_h), resample=resample), box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
     return out
+
+
+def to_uint8_picture(image):
+    """Any load_image input -> (H, W, 3) uint8 numpy array (float images in [0, 1] rounded to the nearest level)."""
+    image = load_image(image)
+    if isinstance(image, PIL.Image.Image):
+        return np.asarray(image.convert("RGB")).copy()
+    return (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # (H, W, 3)
+
+
+def center_crop_uint8(picture, height, width):
+    """(H, W, 3) uint8 -> (height, width, 3) uint8: the official app's resize_and_center_crop.
+
+    Scaled (Lanczos) to cover height x width with the aspect ratio kept, sizes rounded; then the central box,
+    whose fractional edges PIL rounds half to even. A picture already of that size is returned as it is.
+    """
+    src_h, src_w = picture.shape[:2]
+    if (src_h, src_w) == (height, width):
+        return picture
+    scale = max(width / src_w, height / src_h)
+    new_w, new_h = int(round(src_w * scale)), int(round(src_h * scale))
+    resized = PIL.Image.fromarray(picture).resize((new_w, new_h), PIL.Image.LANCZOS)
+    box = ((new_w - width) / 2, (new_h - height) / 2, (new_w + width) / 2, (new_h + height) / 2)
+    return np.asarray(resized.crop(box)).copy()
 
 
 def vae_pixels(image, height, width, resize_mode="default"):
@@ -145,21 +192,40 @@ class SiglipProcessorConfig:
 
 
 def siglip_pixels(pixels, config=SiglipProcessorConfig()):
-    """VAE-range pixels (B, 3, H, W) in [-1, 1] -> SigLIP pixel_values (B, 3, h, w) float32 on the same device."""
+    """VAE-range pixels (B, 3, H, W) in [-1, 1] -> SigLIP pixel_values (B, 3, h, w) float32 on the same device.
+
+    diffusers' path: with do_resize the [0, 1] floats become uint8 for PIL by truncation (scaled in float64, cast
+    to float32, then to uint8: transformers' to_pil_image), so ~3 % of the values land one level below the picture's.
+    """
     if pixels.dim() != 4 or pixels.shape[1] != 3:
         raise ValueError(f"pixels must be (B, 3, H, W), got {tuple(pixels.shape)}")
     x = ((pixels.detach().float() + 1) / 2).cpu().numpy()
-    mean = np.array(config.image_mean, dtype=np.float32)[:, None, None]
-    std = np.array(config.image_std, dtype=np.float32)[:, None, None]
     out = []
     for img in x:  # (3, H, W) float32 in [0, 1]
         if config.do_resize:
-            # PIL holds uint8: scaled in float64, cast to float32, truncated (transformers' to_pil_image)
             u8 = (np.clip(img, 0, 1).astype(np.float64) * 255).astype(np.float32).astype(np.uint8)
-            pil = PIL.Image.fromarray(np.ascontiguousarray(u8.transpose(1, 2, 0)))
-            pil = pil.resize((config.size[1], config.size[0]), resample=config.resample)
-            img = (np.asarray(pil).astype(np.float64) * (1 / 255)).astype(np.float32).transpose(2, 0, 1)
-        if config.do_normalize:
-            img = (img - mean) / std
-        out.append(torch.from_numpy(np.ascontiguousarray(img)))
+            out.append(siglip_pixels_uint8(u8.transpose(1, 2, 0), config)[0])
+        else:
+            out.append(_siglip_normalize(img, config))
     return torch.stack(out).to(pixels.device)  # (B, 3, h, w)
+
+
+def siglip_pixels_uint8(picture, config=SiglipProcessorConfig()):
+    """(H, W, 3) uint8 -> SigLIP pixel_values (1, 3, h, w) float32: the processor on the picture itself (the
+    official app's hf_clip_vision_encode): PIL resize, rescale by 1/255 in float64, cast, normalise."""
+    if picture.dtype != np.uint8 or picture.ndim != 3 or picture.shape[2] != 3:
+        raise ValueError(f"picture must be (H, W, 3) uint8, got {picture.shape} {picture.dtype}")
+    if config.do_resize:
+        pil = PIL.Image.fromarray(np.ascontiguousarray(picture))
+        picture = np.asarray(pil.resize((config.size[1], config.size[0]), resample=config.resample))
+    img = (picture.astype(np.float64) * (1 / 255)).astype(np.float32).transpose(2, 0, 1)  # (3, h, w)
+    return _siglip_normalize(img, config)[None]
+
+
+def _siglip_normalize(img, config):
+    """(3, h, w) float32 in [0, 1] -> normalised torch tensor (when the config asks for it)."""
+    if config.do_normalize:
+        mean = np.array(config.image_mean, dtype=np.float32)[:, None, None]
+        std = np.array(config.image_std, dtype=np.float32)[:, None, None]
+        img = (img - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(img))

@@ -1,8 +1,10 @@
 """FramePackPipeline: image + prompt -> video, section by section (Zhang & Agrawala 2025, Sec. 3).
 
-Draws random numbers in the order and shapes of diffusers' HunyuanVideoFramepackPipeline (image posterior,
-last-image posterior, then one noise tensor per section), so with sampler="euler" the same generator
-gives the same video from the same weights.
+Two presets (framepack_native.presets) decide everything around the model: preset="official" runs the official
+app's worker loop (bucket + centre crop, resolution-shifted sigmas, UniPC, its section count, its random-number
+order: the section noise from the generator as the app's `rnd`, the start-image posterior from a second one);
+preset="diffusers" draws in the order and shapes of diffusers' HunyuanVideoFramepackPipeline (image posterior,
+last-image posterior, then one noise tensor per section), so the same generator gives the same video.
 """
 import contextlib
 import math
@@ -10,14 +12,16 @@ from pathlib import Path
 
 import torch
 
-from framepack_native.image import SiglipProcessorConfig, siglip_pixels, vae_pixels
+from framepack_native.image import (SiglipProcessorConfig, center_crop_uint8, load_image, nearest_bucket,
+                                    siglip_pixels, siglip_pixels_uint8, to_uint8_picture, vae_pixels)
 from framepack_native.models import (CLIPTextEncoder, FramePackTransformer, HunyuanVideoVAE, LlamaTextEncoder,
                                      SiglipVisionEncoder)
 from framepack_native.models.loading import read_manifest
 from framepack_native.noise import randn
 from framepack_native.offload import on_device, streamed_blocks
+from framepack_native.presets import get_preset, resolve_dtypes, section_count
 from framepack_native.prompt import HIDDEN_STATE_INDEX, encode_prompt
-from framepack_native.sampling import FlowMatchConfig, flow_sigmas, sample_euler, sample_unipc, shift_mu
+from framepack_native.sampling import FlowMatchConfig, flow_sigmas, flux_sigmas, sample_euler, sample_unipc, shift_mu
 from framepack_native.sections import (HISTORY_SIZES, SAMPLING_TYPES, num_sections, padding_schedule, section_frame_indices,
                                        soft_append, split_history)
 from framepack_native.teacache import TeaCache
@@ -37,16 +41,20 @@ def rescale_guidance(pred, pred_pos, rescale):
 
 
 def check_arguments(prompt, last_image, height, width, num_frames, latent_window_size, num_inference_steps,
-                    sampling_type, sampler):
+                    sampling_type, sampler, seconds=None):
     """Raise ValueError naming the culprit for generation arguments the pipeline cannot run (also used by the
-    CLI before any model loads)."""
+    CLI before any model loads). height / width may both be None (the resolution bucket decides)."""
     if not isinstance(prompt, str) and not (isinstance(prompt, (list, tuple)) and prompt
                                             and all(isinstance(p, str) for p in prompt)):
         raise ValueError(f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}")
-    if height % 16 or width % 16 or height < 16 or width < 16:
+    if (height is None) != (width is None):
+        raise ValueError(f"give both height and width or neither (the resolution bucket), got {height} x {width}")
+    if height is not None and (height % 16 or width % 16 or height < 16 or width < 16):
         raise ValueError(f"height and width must be positive multiples of 16, got {height} x {width}")
-    if num_frames < 1:
+    if num_frames is not None and num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"seconds must be a finite number > 0, got {seconds}")
     if latent_window_size < 1 or num_inference_steps < 1:
         raise ValueError(f"latent_window_size ({latent_window_size}) and num_inference_steps "
                          f"({num_inference_steps}) must be >= 1")
@@ -57,6 +65,19 @@ def check_arguments(prompt, last_image, height, width, num_frames, latent_window
     if last_image is not None and sampling_type != "inverted_anti_drifting":
         raise ValueError("last_image needs sampling_type='inverted_anti_drifting' (vanilla sampling walks "
                          "forward from the first image and cannot aim at a last one)")
+
+
+def image_size(image):
+    """(height, width) of a load_image input."""
+    image = load_image(image)
+    return (image.height, image.width) if hasattr(image, "height") else tuple(image.shape[-2:])
+
+
+def second_generator(generator):
+    """The official preset's posterior generator: seeded initial_seed + 1 (the app draws it from the global RNG)."""
+    if isinstance(generator, list):
+        return [second_generator(g) for g in generator]
+    return torch.Generator(generator.device).manual_seed((generator.initial_seed() + 1) % 2**64)
 
 
 class FramePackPipeline:
@@ -75,13 +96,18 @@ class FramePackPipeline:
         self.device, self.offload = torch.device(device), offload
 
     @classmethod
-    def from_pretrained(cls, native_dir, dtype=torch.bfloat16, device="cuda", offload=False):
+    def from_pretrained(cls, native_dir, dtype=None, device="cuda", offload=False, preset="official"):
         """Load every component of a folder written by `python -m weights_convert`.
 
+        dtype: None (the preset's per-component dtypes for the device: official on CUDA = transformer bf16 with
+        its final Linear in float32, Llama / CLIP / SigLIP / VAE fp16; diffusers on CUDA = bf16; float32 on the
+        CPU), one torch.dtype for all, or {component: dtype} (the rest from the preset); components are
+        transformer, vae, text_encoder, text_encoder_2, image_encoder.
         offload=True keeps the weights on the CPU and moves each component to `device` only while it works,
         the transformer and the Llama encoder one block at a time (framepack_native.offload), so the 13B model
         runs on a 24 GB GPU.
         """
+        dtypes, fp32_output = resolve_dtypes(dtype, device, get_preset(preset))
         root = Path(native_dir)
         manifest = read_manifest(root)
         need = ("transformer", "vae", "text_encoder", "text_encoder_2", "image_encoder")
@@ -102,10 +128,13 @@ class FramePackPipeline:
                      scheduler=FlowMatchConfig.from_file(folders["scheduler"] / "scheduler_config.json"))
 
         def load(cls_, name):
-            return cls_.from_pretrained(folders[name], dtype=dtype, device=load_device)
+            return cls_.from_pretrained(folders[name], dtype=dtypes[name], device=load_device)
 
+        transformer = load(FramePackTransformer, "transformer")
+        if fp32_output:
+            transformer.final_layer.linear.float()  # the app's high_quality_fp32_output_for_inference
         return cls(
-            transformer=load(FramePackTransformer, "transformer"), vae=load(HunyuanVideoVAE, "vae"),
+            transformer=transformer, vae=load(HunyuanVideoVAE, "vae"),
             text_encoder=load(LlamaTextEncoder, "text_encoder").drop_layers_after(HIDDEN_STATE_INDEX),
             text_encoder_2=load(CLIPTextEncoder, "text_encoder_2"),
             image_encoder=load(SiglipVisionEncoder, "image_encoder"), **small,
@@ -122,11 +151,22 @@ class FramePackPipeline:
                                                  self.text_encoder_2)
         return embeds.to(self.device, dtype), mask.to(self.device), pooled.to(self.device, dtype)
 
-    def _encode_image(self, image, batch, height, width, generator, dtype):
-        """-> SigLIP embeds (B, 729, 1152) in dtype, scaled VAE latents (B, C, 1, h, w) float32."""
-        pixels = vae_pixels(image, height, width).expand(batch, -1, -1, -1).to(self.device)  # (B, 3, H, W)
+    def _encode_image(self, image, batch, height, width, generator, dtype, fit):
+        """-> SigLIP embeds (B, 729, 1152) in dtype, scaled VAE latents (B, C, 1, h, w) float32.
+
+        fit "crop" (the official app): the centre-cropped uint8 picture, x / 127.5 - 1 for the VAE and itself for
+        SigLIP's processor; "stretch" (diffusers): VideoProcessor pixels, SigLIP from those floats.
+        """
+        if fit == "crop":
+            picture = center_crop_uint8(to_uint8_picture(image), height, width)  # (H, W, 3) uint8
+            pixels = (torch.from_numpy(picture).float() / 127.5 - 1).permute(2, 0, 1)[None]  # (1, 3, H, W)
+            siglip = siglip_pixels_uint8(picture, self.image_processor).expand(batch, -1, -1, -1)
+        else:
+            pixels = vae_pixels(image, height, width)  # (1, 3, H, W)
+            siglip = siglip_pixels(pixels, self.image_processor).expand(batch, -1, -1, -1)
+        pixels = pixels.expand(batch, -1, -1, -1).to(self.device)  # (B, 3, H, W)
         with self._on_device(self.image_encoder):
-            enc = self.image_encoder(siglip_pixels(pixels, self.image_processor).to(self.image_encoder_dtype))
+            enc = self.image_encoder(siglip.to(self.device, self.image_encoder_dtype))
         with self._on_device(self.vae):
             posterior = self.vae.encode(pixels[:, :, None].to(self.vae.dtype))  # (B, 3, 1, H, W) in
             latents = posterior.sample(generator) * self.vae.config.scaling_factor
@@ -137,15 +177,24 @@ class FramePackPipeline:
         return next(self.image_encoder.parameters()).dtype
 
     @torch.no_grad()
-    def __call__(self, image, prompt, *, last_image=None, negative_prompt=None, height=640, width=640,
-                 num_frames=129, latent_window_size=9, num_inference_steps=25, guidance_scale=10.0,
-                 true_cfg_scale=1.0, guidance_rescale=0.0, generator=None, sampling_type=None, sampler="unipc",
-                 average_last_image_embeds=True, teacache=None, callback=None):
+    def __call__(self, image, prompt, *, preset="official", last_image=None, negative_prompt=None, resolution=640,
+                 height=None, width=None, seconds=None, num_frames=None, latent_window_size=9,
+                 num_inference_steps=25, guidance_scale=10.0, true_cfg_scale=1.0, guidance_rescale=0.0,
+                 generator=None, sampling_type=None, sampler=None, average_last_image_embeds=True, teacache=None,
+                 callback=None):
         """Generate (B, F, 3, H, W) frames in [0, 1], F = (sections' frames - 1) // 4 * 4 + 1.
 
+        preset: "official" (the official app's worker loop) or "diffusers" (HunyuanVideoFramepackPipeline); every
+        explicit argument overrides its preset's value (framepack_native.presets, README's preset table).
         image / last_image: a path, PIL image, array or tensor (one image, used for every prompt);
-        guidance_scale: the distilled guidance (x 1000 into the model); true_cfg_scale > 1 with a negative
-        prompt runs classifier-free guidance; sampler "euler" (diffusers' scheduler) or "unipc" (FramePack's);
+        resolution: without height / width, the app's nearest bucket for the image's aspect ratio (640: 14 buckets);
+        seconds: the length at 30 fps, as the preset counts sections (official: round(seconds * 30 / (4 * window)));
+        num_frames: the length in frames instead (enough sections to cover it); neither: 5 s (official) or 129
+        frames (diffusers);
+        guidance_scale: the distilled guidance (x 1000 into the model); true_cfg_scale: classifier-free guidance
+        (official: on when != 1, the negative prompt "" unless given; diffusers: > 1 and a negative prompt given);
+        sampler "unipc" (FramePack's; official) or "euler" (diffusers' scheduler); generator None: seed 31337
+        (official) or torch's global RNG (diffusers);
         average_last_image_embeds: with last_image, condition on the mean of both SigLIP embeddings (FramePack
         PR #167); diffusers (0.42) computes that mean but passes the first image's embeddings only: False does that.
         teacache: None (exact), or a threshold (the official app's default: 0.15) to skip the transformer's blocks
@@ -153,9 +202,11 @@ class FramePackPipeline:
         callback(event): event["kind"] "step" (section, sections, step, steps, latents) or "section" (section,
             sections, frames so far).
         """
+        p = get_preset(preset)
         sampling_type = sampling_type or self.sampling_type
+        sampler = sampler or p.sampler
         check_arguments(prompt, last_image, height, width, num_frames, latent_window_size, num_inference_steps,
-                        sampling_type, sampler)
+                        sampling_type, sampler, seconds)
         scales = {"guidance_scale": guidance_scale, "true_cfg_scale": true_cfg_scale,
                   "guidance_rescale": guidance_rescale, "teacache": 0.0 if teacache is None else teacache}
         for name, value in scales.items():
@@ -163,10 +214,17 @@ class FramePackPipeline:
                 raise ValueError(f"{name} must be a finite number, got {value}")  # NaN would give a black video
         if teacache is not None and (isinstance(teacache, bool) or teacache < 0):
             raise ValueError(f"teacache must be a threshold >= 0 (the official app's: 0.15) or None, got {teacache}")
+        if height is None:
+            height, width = nearest_bucket(*image_size(image), resolution)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         B, dtype, device = len(prompts), self.transformer_dtype, self.device
         cfg = self.transformer.config
-        do_cfg = true_cfg_scale > 1 and negative_prompt is not None
+        if negative_prompt is None:
+            negative_prompt = p.cfg_negative
+        do_cfg = negative_prompt is not None and (true_cfg_scale != 1 if p.app_numerics else true_cfg_scale > 1)
+        if generator is None and p.seed is not None:
+            generator = torch.Generator().manual_seed(p.seed)
+        posterior_generator = second_generator(generator) if p.posterior == "second_generator" else generator
 
         txt, txt_mask, pooled = self._encode_text(prompts, dtype)
         if do_cfg:
@@ -174,20 +232,30 @@ class FramePackPipeline:
             if len(negs) != B:
                 raise ValueError(f"{len(negs)} negative prompts for {B} prompts")
             neg_txt, neg_mask, neg_pooled = self._encode_text(negs, dtype)
-        image_embeds, image_latents = self._encode_image(image, B, height, width, generator, dtype)
+        image_embeds, image_latents = self._encode_image(image, B, height, width, posterior_generator, dtype,
+                                                         p.image_fit)
         if last_image is not None:
-            last_embeds, last_latents = self._encode_image(last_image, B, height, width, generator, dtype)
+            last_embeds, last_latents = self._encode_image(last_image, B, height, width, posterior_generator, dtype,
+                                                           p.image_fit)
             if average_last_image_embeds:
                 image_embeds = (image_embeds + last_embeds) / 2
 
         vae_t = self.vae.config.temporal_compression_ratio
         h, w = height // self.vae.config.spatial_compression_ratio, width // self.vae.config.spatial_compression_ratio
-        sections = num_sections(num_frames, latent_window_size, vae_t)
+        if num_frames is not None:
+            sections = num_sections(num_frames, latent_window_size, vae_t)
+        elif seconds is not None or p.length == "sections":
+            sections = section_count(5.0 if seconds is None else seconds, latent_window_size, p.length, vae_t)
+        else:
+            sections = num_sections(129, latent_window_size, vae_t)  # diffusers' default num_frames
         history = torch.zeros(B, cfg.in_channels, sum(HISTORY_SIZES), h, w, device=device)
         generated = 0
         if sampling_type == "vanilla":
             history, generated = torch.cat((history, image_latents), dim=2), 1
-        guidance = torch.full((B,), guidance_scale, dtype=dtype, device=device) * 1000.0
+        if p.app_numerics:  # fm_wrapper / sample_hunyuan: scaled in float, then cast
+            guidance = torch.full((B,), guidance_scale * 1000.0, device=device).to(dtype)
+        else:
+            guidance = torch.full((B,), guidance_scale, dtype=dtype, device=device) * 1000.0
         paddings = padding_schedule(sections)
         overlap = (latent_window_size - 1) * vae_t + 1
         video = None
@@ -210,10 +278,14 @@ class FramePackPipeline:
 
             def velocity(x, sigma):
                 t = (sigma * 1000.0).expand(B).to(device)
+                if p.app_numerics:
+                    t = t.to(dtype)
                 pred = self.transformer(x.to(dtype), t, txt, txt_mask, pooled, **context, teacache=caches[0])
                 if do_cfg:
                     neg = self.transformer(x.to(dtype), t, neg_txt, neg_mask, neg_pooled, **context,
                                            teacache=caches[1])
+                    if p.app_numerics:  # fm_wrapper combines in float32
+                        pred, neg = pred.float(), neg.float()
                     pred_cfg = neg + true_cfg_scale * (pred - neg)
                     pred = rescale_guidance(pred_cfg.float(), pred.float(), guidance_rescale)
                 return pred.float()
@@ -224,8 +296,11 @@ class FramePackPipeline:
                               "steps": num_inference_steps, "latents": d["x"]})
 
             noise = randn((B, cfg.in_channels, latent_window_size, h, w), generator, device)
-            sigmas = flow_sigmas(num_inference_steps, self.scheduler,
-                                 mu=shift_mu(latent_window_size * h * w / cfg.patch_size**2, self.scheduler))
+            seq_len = latent_window_size * h * w / cfg.patch_size**2
+            if p.schedule == "resolution":  # the app's constants, whatever the scheduler config says
+                sigmas = flux_sigmas(num_inference_steps, shift_mu(seq_len))
+            else:
+                sigmas = flow_sigmas(num_inference_steps, self.scheduler, mu=shift_mu(seq_len, self.scheduler))
             with streamed_blocks(self.transformer, device) if self.offload else contextlib.nullcontext():
                 if sampler == "euler":
                     latents = sample_euler(velocity, noise, sigmas.to(device), callback=on_step)
@@ -247,11 +322,15 @@ class FramePackPipeline:
                 real = history[:, :, -generated:]
                 part = real[:, :, -latent_window_size * 2:]
 
+            def unscaled(z):  # the app divides in float32 and casts; diffusers casts first
+                sf = self.vae.config.scaling_factor
+                return (z / sf).to(self.vae.dtype) if p.app_numerics else z.to(self.vae.dtype) / sf
+
             with self._on_device(self.vae):
                 if video is None:
-                    video = self.vae.decode(real.to(self.vae.dtype) / self.vae.config.scaling_factor)
+                    video = self.vae.decode(unscaled(real))
                 else:
-                    current = self.vae.decode(part.to(self.vae.dtype) / self.vae.config.scaling_factor)
+                    current = self.vae.decode(unscaled(part))
                     video = (soft_append(current, video, overlap) if sampling_type == "inverted_anti_drifting"
                              else soft_append(video, current, overlap))
             if callback is not None:

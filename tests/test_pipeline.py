@@ -1,6 +1,6 @@
 """End to end: a random-weight diffusers HunyuanVideoFramepackPipeline vs FramePackPipeline on its conversion.
 
-Same generator seed, sampler="euler": frames (B, F, 3, H, W) in [0, 1] within 5e-3 (max abs) of diffusers'
+Same generator seed, preset="diffusers" (sampler euler, stretched image, the scheduler's sigmas): frames (B, F, 3, H, W) in [0, 1] within 5e-3 (max abs) of diffusers'
 output_type="pt". The reference runs once per case; both sides in float32 on the CPU.
 """
 import numpy as np
@@ -76,7 +76,7 @@ def test_pipeline_matches_diffusers(pipes, case):
                    output_type="pt", **common).frames
     ref_pipe.__dict__.pop("encode_image", None)
     steps = []
-    got = ours(image, prompts if batch > 1 else prompts[0], last_image=last, sampler="euler",
+    got = ours(image, prompts if batch > 1 else prompts[0], preset="diffusers", last_image=last,
                average_last_image_embeds=average,
                generator=torch.Generator().manual_seed(42), callback=steps.append, **common)
     assert got.shape == ref.shape, (got.shape, ref.shape)
@@ -97,7 +97,7 @@ def test_pipeline_matches_diffusers(pipes, case):
 def test_generator_draws_matter(pipes):
     """Another seed gives another video: the comparison above is not blind to the noise."""
     _, ours = pipes
-    kw = dict(height=H, width=W, num_frames=5, latent_window_size=2, num_inference_steps=2, sampler="euler")
+    kw = dict(height=H, width=W, num_frames=5, latent_window_size=2, num_inference_steps=2, preset="diffusers")
     a = ours(picture(1), "x", generator=torch.Generator().manual_seed(0), **kw)
     b = ours(picture(1), "x", generator=torch.Generator().manual_seed(1), **kw)
     assert (a - b).abs().max() > 1e-2

@@ -166,7 +166,7 @@ class SingleStreamBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """adaLN (shift, scale; no gate) + Linear to the patch values (B, L, pt*p*p*C)."""
+    """adaLN (shift, scale; no gate) + Linear to the patch values (B, L, pt*p*p*C), in the Linear's dtype."""
 
     def __init__(self, hidden_dim, patch_values):
         super().__init__()
@@ -176,4 +176,5 @@ class FinalLayer(nn.Module):
     def forward(self, x, vec):
         shift, scale = self.modulation(vec)[:, None].chunk(2, dim=-1)  # (B, 1, D) each
         x = torch.addcmul(shift, F.layer_norm(x, x.shape[-1:], eps=EPS), 1 + scale)
-        return self.linear(x)
+        # a float32 Linear (the official app's high_quality_fp32_output_for_inference) gets float32 input
+        return self.linear(x.to(self.linear.weight.dtype))
