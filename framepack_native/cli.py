@@ -11,6 +11,7 @@ from pathlib import Path
 
 FPS = 30
 DTYPES = ("bf16", "fp16", "fp32")
+PRESET_NAMES = ("official", "diffusers")  # framepack_native.presets.PRESETS, without importing torch at start-up
 MAX_SECONDS = 120          # FramePack's demo: video length 1..120 s
 MAX_FRAMES = MAX_SECONDS * FPS
 MAX_WINDOW = 33            # FramePack's demo: latent window size 1..33
@@ -67,20 +68,24 @@ def _check_args(args):
     from framepack_native.pipeline import check_arguments
     from framepack_native.video import CRF_RANGE
 
+    from framepack_native.presets import get_preset
+
     if args.num_frames is None:
         _check_range("--seconds", args.seconds, 1 / FPS, MAX_SECONDS)
     frames = args.num_frames if args.num_frames is not None else round(args.seconds * FPS)
-    try:  # the pipeline's own checks; the model's default sampling is only known once it loads
-        check_arguments("", args.last_image, args.height, args.width, frames, args.window, args.steps,
-                        args.sampling or "inverted_anti_drifting", args.sampler)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    limits = (("--num-frames", frames, 1, MAX_FRAMES), ("--window", args.window, 1, MAX_WINDOW),
-              ("--steps", args.steps, 1, MAX_STEPS), ("--height", args.height, 16, MAX_SIZE),
-              ("--width", args.width, 16, MAX_SIZE), ("--seed", args.seed, *SEED_RANGE),
-              ("--crf", args.crf, *CRF_RANGE))
+    limits = [("--num-frames", frames, 1, MAX_FRAMES), ("--window", args.window, 1, MAX_WINDOW),
+              ("--steps", args.steps, 1, MAX_STEPS), ("--seed", args.seed, *SEED_RANGE),
+              ("--crf", args.crf, *CRF_RANGE)]
+    limits += [(flag, value, 16, MAX_SIZE) for flag, value in (("--height", args.height), ("--width", args.width))
+               if value is not None]
     for flag, value, low, high in limits:
         _check_range(flag, value, low, high)
+    try:  # the pipeline's own checks; the model's default sampling is only known once it loads
+        sampler = args.sampler or get_preset(args.preset).sampler
+        check_arguments("", args.last_image, args.height, args.width, args.num_frames, args.window, args.steps,
+                        args.sampling or "inverted_anti_drifting", sampler, args.seconds)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if args.teacache is not None:
         _check_range("--teacache", args.teacache, 0.0, 10.0)
     _check_device(args.device)
@@ -111,8 +116,7 @@ def _generate(args):
     from framepack_native.video import write_mp4
 
     frames, images = _check_args(args)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype or (
-        "fp32" if args.demo or args.device == "cpu" else "bf16")]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype]
     if args.demo:
         from framepack_native.demo import DEMO_PROMPT, demo_image, demo_pipeline
         print("framepack-native demo: a tiny FramePack with RANDOM weights (no download); the video shows the "
@@ -122,7 +126,8 @@ def _generate(args):
         prompt = DEMO_PROMPT if args.prompt is None else args.prompt
     else:
         from framepack_native import FramePackPipeline
-        pipe = FramePackPipeline.from_pretrained(args.model, dtype=dtype, device=args.device, offload=args.offload)
+        pipe = FramePackPipeline.from_pretrained(args.model, dtype=dtype, device=args.device, offload=args.offload,
+                                                 preset=args.preset)
         image, prompt = images["--image"], args.prompt
     if args.vae_tiling:
         pipe.vae.enable_tiling()  # diffusers' tiles and overlaps, as the official app on GPUs under 60 GB
@@ -137,20 +142,24 @@ def _generate(args):
 
     generator = torch.Generator().manual_seed(args.seed)
     try:
-        video = pipe(image, prompt, last_image=images.get("--last-image"), negative_prompt=args.negative_prompt,
-                     height=args.height, width=args.width, num_frames=frames, latent_window_size=args.window,
+        video = pipe(image, prompt, preset=args.preset, last_image=images.get("--last-image"),
+                     negative_prompt=args.negative_prompt, resolution=args.resolution, height=args.height,
+                     width=args.width, seconds=args.seconds, num_frames=args.num_frames,
+                     latent_window_size=args.window,
                      num_inference_steps=args.steps, guidance_scale=args.guidance, true_cfg_scale=args.cfg,
                      generator=generator, sampling_type=args.sampling, sampler=args.sampler,
                      teacache=args.teacache, callback=progress)
     finally:
         bar.close()  # before any error line, not after it
     path = write_mp4(args.out, video[0], fps=FPS, crf=args.crf)
-    print(f"wrote {path} ({video.shape[1]} frames, {args.width}x{args.height}, {FPS} fps)")
+    print(f"wrote {path} ({video.shape[1]} frames, {video.shape[-1]}x{video.shape[-2]}, {FPS} fps)")
     return 0
 
 
 def _generate_parser(gen):
     gen.add_argument("--demo", action="store_true", help="built-in tiny model with random weights, no download")
+    gen.add_argument("--preset", choices=PRESET_NAMES, default="official",
+                     help="official: the official app's loop (default); diffusers: diffusers' FramePack pipeline")
     gen.add_argument("--model", help="a folder written by `python -m weights_convert`")
     gen.add_argument("--image", help="the first frame (PNG, JPEG, ...)")
     gen.add_argument("--prompt", help="what happens in the video")
@@ -158,10 +167,15 @@ def _generate_parser(gen):
     gen.add_argument("--negative-prompt", help="with --cfg > 1: what to steer away from")
     length = gen.add_mutually_exclusive_group()
     length.add_argument("--seconds", type=finite_float, default=None,
-                        help=f"video length at {FPS} fps, at most {MAX_SECONDS} (default 5)")
+                        help=f"video length at {FPS} fps, at most {MAX_SECONDS} (default 5; official preset: "
+                             "round(seconds * 30 / (4 * window)) sections of 4 * window frames, +1 frame)")
     length.add_argument("--num-frames", type=int, default=None, help=f"video length in frames, at most {MAX_FRAMES}")
-    gen.add_argument("--height", type=int, default=None, help=f"multiple of 16 up to {MAX_SIZE} (default 640; demo 64)")
-    gen.add_argument("--width", type=int, default=None, help=f"multiple of 16 up to {MAX_SIZE} (default 640; demo 96)")
+    gen.add_argument("--resolution", type=int, choices=(640,), default=640,
+                     help="without --height/--width: the nearest bucket of this resolution for the image's aspect")
+    gen.add_argument("--height", type=int, default=None,
+                     help=f"multiple of 16 up to {MAX_SIZE}, with --width (default: the bucket; demo 64)")
+    gen.add_argument("--width", type=int, default=None,
+                     help=f"multiple of 16 up to {MAX_SIZE}, with --height (default: the bucket; demo 96)")
     gen.add_argument("--steps", type=int, default=None,
                      help=f"sampling steps per section, at most {MAX_STEPS} (default 25; demo 8)")
     gen.add_argument("--guidance", type=finite_float, default=10.0, help="distilled guidance scale")
@@ -171,12 +185,13 @@ def _generate_parser(gen):
     gen.add_argument("--teacache", type=finite_float, nargs="?", const=0.15, default=None, metavar="THRESHOLD",
                      help="skip the transformer on steps where its input barely moved (approximate, faster); "
                           "threshold 0..10, bare flag: 0.15 as the official app")
-    gen.add_argument("--seed", type=int, default=0, help="-2**63 .. 2**64-1")
+    gen.add_argument("--seed", type=int, default=None, help="-2**63 .. 2**64-1 (default 31337 official, 0 diffusers)")
     gen.add_argument("--sampling", default=None, help="inverted_anti_drifting | vanilla (default: the model's)")
-    gen.add_argument("--sampler", default="unipc", help="unipc | euler")
+    gen.add_argument("--sampler", default=None, help="unipc | euler (default: the preset's, unipc / euler)")
     gen.add_argument("--window", type=int, default=9, help=f"latent frames per section, 1..{MAX_WINDOW}")
     gen.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda when available)")
-    gen.add_argument("--dtype", choices=DTYPES, default=None, help="default bf16 on GPU, fp32 on CPU")
+    gen.add_argument("--dtype", choices=DTYPES, default=None,
+                     help="one dtype for every component (default: the preset's; fp32 on CPU)")
     gen.add_argument("--offload", action="store_true", help="keep weights on the CPU between uses (24 GB GPUs)")
     gen.add_argument("--vae-tiling", action="store_true",
                      help="VAE encode/decode in overlapping spatial tiles: ~2 GiB instead of ~7 GiB at 640x640, slower")
@@ -199,12 +214,17 @@ def _defaults(args):
     if args.command != "generate":
         return args
     demo = args.demo
-    args.height = args.height if args.height is not None else (64 if demo else 640)
-    args.width = args.width if args.width is not None else (96 if demo else 640)
+    if demo:  # the demo model's own size, not a bucket
+        args.height = 64 if args.height is None else args.height
+        args.width = 96 if args.width is None else args.width
+    if args.seed is None:
+        args.seed = 31337 if args.preset == "official" else 0
     args.steps = args.steps if args.steps is not None else (8 if demo else 25)
     if args.num_frames is None and args.seconds is None:
-        args.num_frames = 33 if demo else None
-        args.seconds = 5.0
+        if demo:
+            args.num_frames = 33
+        else:
+            args.seconds = 5.0
     if args.device is None:
         import torch
         args.device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -95,12 +95,14 @@ def test_generate_with_teacache_skips_steps(model_dir, image_file, tmp_path, tea
 
 
 BAD = {
-    "size_not_16": (["--height", "40"], "multiples of 16"),
+    "size_not_16": (["--height", "40", "--width", "96"], "multiples of 16"),
+    "height_without_width": (["--height", "640"], "give both height and width or neither (the resolution bucket)"),
+    "unknown_preset": (["--preset", "comfy"], "argument --preset: invalid choice: 'comfy'"),
     "unknown_sampling": (["--sampling", "sideways"], "unknown sampling type 'sideways'"),
     "unknown_sampler": (["--sampler", "ddim"], "unknown sampler 'ddim'"),
     "last_image_vanilla": (["--sampling", "vanilla", "--last-image", "IMAGE"], "last_image needs sampling_type"),
-    "zero_frames": (["--num-frames", "0"], "num_frames must be >= 1"),
-    "zero_steps": (["--steps", "0"], "must be >= 1"),
+    "zero_frames": (["--num-frames", "0"], "--num-frames must be between 1 and 3600, got 0"),
+    "zero_steps": (["--steps", "0"], "--steps must be between 1 and 1000, got 0"),
     "unreadable_image": (["--image", "NOTIMAGE"], "cannot read image"),
     "missing_image": (["--image", "MISSING"], "cannot read image"),
     "missing_model": (["--model", "MISSING"], "no such folder"),
@@ -143,7 +145,7 @@ def test_bad_input_one_line_exit_2(case, tmp_path, image_file, capsys):
             "--device": "cpu"}
     for flag, value in zip(extra[::2], extra[1::2]):
         base[flag] = value
-    if case not in ("missing_model", "incomplete_model"):
+    if case not in ("missing_model", "incomplete_model", "height_without_width"):  # the demo fills in its own size
         base.pop("--model")
         argv = ["generate", "--demo"]
     else:

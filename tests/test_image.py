@@ -188,3 +188,60 @@ def test_processor_config_errors_name_the_file_and_field(tmp_path, field, value,
         SiglipProcessorConfig.from_pretrained(tmp_path)
     assert str(info.value).startswith(f"{tmp_path / 'preprocessor_config.json'}: ")
     assert message in str(info.value)
+
+
+# The official app's picture preparation (framepack==0.0.9 diffusers_helper: bucket_tools, utils, clip_vision)
+
+def _official_image_functions():
+    from framepack.diffusers_helper.bucket_tools import find_nearest_bucket
+    from tests.reference.official import official_functions
+    crop = official_functions("framepack.diffusers_helper.utils", ["resize_and_center_crop"],
+                              {"Image": PIL.Image, "np": np})["resize_and_center_crop"]
+    return find_nearest_bucket, crop
+
+
+def test_nearest_bucket_matches_the_official_app():
+    from hypothesis import given, settings, strategies as st
+
+    from framepack_native.image import nearest_bucket
+    find_nearest_bucket, _ = _official_image_functions()
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.integers(1, 5000), st.integers(1, 5000))
+    def check(h, w):
+        assert nearest_bucket(h, w, 640) == find_nearest_bucket(h, w, resolution=640)
+
+    check()
+    # ties: both 608 x 640 and 640 x 608 are 32 * h away for a square picture; the app's `<=` keeps the later one
+    assert nearest_bucket(500, 500) == (640, 608)
+    with pytest.raises(ValueError, match="resolution 512 has no buckets"):
+        nearest_bucket(10, 10, 512)
+
+
+@pytest.mark.parametrize("size,target", [((300, 500), (480, 832)), ((333, 517), (320, 240)), ((97, 211), (96, 208)),
+                                         ((640, 608), (640, 608)), ((481, 833), (480, 832)), ((700, 350), (960, 416))])
+def test_center_crop_matches_the_official_app(size, target):
+    from framepack_native.image import center_crop_uint8
+    _, resize_and_center_crop = _official_image_functions()
+    picture = np.asarray(_random_image(*size, seed=5))
+    ours = center_crop_uint8(picture, *target)
+    ref = resize_and_center_crop(picture, target_width=target[1], target_height=target[0])
+    assert ours.shape == ref.shape == (*target, 3) and ours.dtype == np.uint8
+    assert np.array_equal(ours, ref)
+
+
+def test_siglip_uint8_path_matches_the_official_app(tmp_path):
+    """The app hands the processor the cropped uint8 picture (hf_clip_vision_encode), with its own do_rescale."""
+    from transformers import SiglipImageProcessor
+
+    from framepack_native.image import center_crop_uint8, siglip_pixels_uint8
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(FLUX_REDUX_PROCESSOR))
+    processor = SiglipImageProcessor.from_pretrained(tmp_path)
+    picture = center_crop_uint8(np.asarray(_random_image(333, 517, seed=6)), 480, 832)
+    ref = processor.preprocess(images=picture, return_tensors="pt").pixel_values
+    ours = siglip_pixels_uint8(picture, SiglipProcessorConfig.from_pretrained(tmp_path))
+    assert ours.shape == ref.shape == (1, 3, 384, 384)
+    assert (ours - ref).abs().max().item() < BOUND
+    # diffusers' float path truncates the [0, 1] floats back to uint8: not the same input (the reason for the preset)
+    pixels = torch.from_numpy(picture).float().permute(2, 0, 1)[None] / 127.5 - 1
+    assert (siglip_pixels(pixels) - ref).abs().max().item() > 1e-3

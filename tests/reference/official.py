@@ -12,8 +12,10 @@ from pathlib import Path
 import torch
 
 
-def official_functions(module, names):
-    """{name: function} of the top-level functions `names` of framepack module `module`, without importing it."""
+def official_functions(module, names, extra_globals=None):
+    """{name: function} of the top-level functions `names` of framepack module `module`, without importing it.
+
+    extra_globals: more names the functions need (e.g. {"Image": PIL.Image, "np": numpy})."""
     spec = importlib.util.find_spec("framepack")
     root = Path(next(iter(spec.submodule_search_locations)))
     path = root.joinpath(*module.split(".")[1:]).with_suffix(".py")
@@ -22,7 +24,7 @@ def official_functions(module, names):
     missing = set(names) - {n.name for n in wanted}
     if missing:
         raise LookupError(f"{path}: no functions {sorted(missing)}")
-    namespace = {"torch": torch, "math": math}
+    namespace = {"torch": torch, "math": math, **(extra_globals or {})}
     exec(compile(ast.Module(body=wanted, type_ignores=[]), str(path), "exec"), namespace)
     return {n: namespace[n] for n in names}
 
