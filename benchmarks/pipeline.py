@@ -62,7 +62,7 @@ def main():
             ref(image=image, prompt="a train crossing a bridge", generator=torch.Generator().manual_seed(0),
                 output_type="pt", callback_on_step_end=on_step, **common)
         else:
-            ours(image, "a train crossing a bridge", sampler="euler", generator=torch.Generator().manual_seed(0),
+            ours(image, "a train crossing a bridge", preset="diffusers", generator=torch.Generator().manual_seed(0),
                  callback=lambda e: stamps.append(time.perf_counter()) if e["kind"] == "step" else None, **common)
         results[name] = section_times(stamps, args.steps)
     print(f"device CPU, torch {torch.__version__}, float32, {args.height}x{args.width}, window {args.window}, "

@@ -3,33 +3,8 @@ field by field, so that a damaged one is a CheckpointError naming its file and t
 import dataclasses
 import json
 import math
-from pathlib import Path
 
-from framepack_native.weights import CheckpointError
-
-
-def read_json(path):
-    """A JSON object from a file; CheckpointError naming the file if missing, unreadable, malformed or not an object."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: {'not a file' if path.exists() else 'missing'}")
-    try:
-        doc = json.loads(path.read_bytes().decode("utf-8"))
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot be read ({e.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise CheckpointError(f"{path}: expected a JSON object at the top level, got {json_type(doc)}")
-    return doc
-
-
-def json_type(value):
-    """The JSON name of a parsed value's type, for messages."""
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-             dict: "an object", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
+from framepack_native.files import CheckpointError, json_type, read_json  # noqa: F401 (re-exported)
 
 KINDS = {int: ("an integer", "integers"), float: ("a finite number", "finite numbers"),
          bool: ("true or false", "booleans"), str: ("a string", "strings"), dict: ("an object", "objects")}

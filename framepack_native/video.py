@@ -1,12 +1,10 @@
 """Writing frames to H.264 mp4 through PyAV, atomically, and reading them back."""
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from framepack_native.weights import file_mode
+from framepack_native.files import atomic_path
 
 CRF_RANGE = (0, 51)  # libx264's quality scale for 8-bit video: 0 lossless, 51 worst
 
@@ -42,23 +40,15 @@ def write_mp4(path, frames, fps=30, crf=16):
         raise OSError(f"{path.parent}: no such folder for the output video")
     import av
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4")
-    os.close(fd)
-    try:
-        with av.open(tmp, mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=int(fps))
-            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            stream.options = {"crf": str(crf)}
-            for rgb in pixels:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=int(fps))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for rgb in pixels:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
                 container.mux(packet)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        for packet in stream.encode():
+            container.mux(packet)
     return path
 
 

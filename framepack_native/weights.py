@@ -9,13 +9,14 @@ import contextlib
 import json
 import math
 import mmap
-import os
 import struct
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+
+from framepack_native.files import (CheckpointError, atomic_path, file_mode, read_json,  # noqa: F401 (re-exported)
+                                    write_text_atomic)
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 READ_CHUNK = 16 * 1024 * 1024
@@ -26,10 +27,6 @@ DTYPES = {
     "BOOL": torch.bool,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: damaged, pickled, or not matching the model."""
 
 
 def _itemsize(dtype):
@@ -175,8 +172,6 @@ class Checkpoint:
 
 def _weight_map(index):
     """{tensor: shard file name} of a *.safetensors.index.json, checked."""
-    from framepack_native.configs import read_json  # configs imports this module's CheckpointError
-
     weight_map = read_json(index).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f"{index}: damaged index file (weight_map must map tensor names to file names)")
@@ -319,22 +314,15 @@ def write_safetensors(path, specs, fetch, metadata=None):
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # keep the data section 8-byte aligned
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for name, shape, dtype in specs:
-                t = fetch(name)
-                if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
-                    raise ValueError(f"tensor {name!r}: got {tuple(t.shape)} {t.dtype}, planned {tuple(shape)} {dtype}")
-                f.write(_tensor_bytes(t))
-                del t
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name, shape, dtype in specs:
+            t = fetch(name)
+            if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+                raise ValueError(f"tensor {name!r}: got {tuple(t.shape)} {t.dtype}, planned {tuple(shape)} {dtype}")
+            f.write(_tensor_bytes(t))
+            del t
 
 
 def save_safetensors(path, tensors, metadata=None):
@@ -371,24 +359,3 @@ def save_sharded(folder, specs, fetch, max_shard_bytes=5 * 1024**3, prefix="mode
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     write_text_atomic(folder / f"{prefix}.safetensors.index.json", json.dumps(index, indent=2))
     return names + [f"{prefix}.safetensors.index.json"]
-
-
-def file_mode(folder=False):
-    """The mode open() / mkdir() would give (0o666 / 0o777 less the umask); mkstemp / mkdtemp give 0o600 / 0o700."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if folder else 0o666) & ~umask
-
-
-def write_text_atomic(path, text):
-    """Write text to path through a temporary file in the same folder."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -159,6 +159,22 @@ def _set(path, value):
     (_set(["components", "vae", "files"], {"../x": "0"}), "names '../x', not a file name"),
     (_set(["aux", "scheduler", "files"], {"a": 1}), "field 'aux.scheduler.files.a' must be a string, got 1"),
     (_set(["sampling_type"], "sideways"), "field 'sampling_type' must be null or one of"),
+    (_set(["components", "vae", "dtype"], "float32"), "field 'components.vae.dtype' must be one of ['bf16', "),
+    (_set(["components", "vae", "dtype"], None), "field 'components.vae.dtype' must be one of"),
+    (_set(["components", "vae", "dtype"], "mixed"), "field 'components.vae.dtypes' must be an object, got null"),
+    (_set(["components", "vae", "dtypes"], {"fp32": 2, "bf16": 1}), "field 'components.vae.dtype' must be one of"),
+    (lambda m: m["components"]["vae"].update(dtype="mixed", dtypes={"fp32": 2, "bf16": 1.5}),
+     "field 'components.vae.dtypes.bf16' must be an integer, got 1.5"),
+    (lambda m: m["components"]["vae"].update(dtype="mixed", dtypes={"fp32": 2, "bf16": True}),
+     "field 'components.vae.dtypes.bf16' must be an integer, got true"),
+    (lambda m: m["components"]["vae"].update(dtype="mixed", dtypes={"fp32": 2, "int8": 1}),
+     "field 'components.vae.dtypes' must count tensors (a positive integer) per dtype of"),
+    (lambda m: m["components"]["vae"].update(dtype="mixed", dtypes={"fp32": 2, "bf16": 0}),
+     "field 'components.vae.dtypes' must count tensors (a positive integer) per dtype of"),
+    (lambda m: m["components"]["vae"].update(dtype="mixed", dtypes={"fp32": 2}),
+     "field 'components.vae.dtypes' goes with 'components.vae.dtype' 'mixed' and counts two or more dtypes"),
+    (lambda m: m["components"]["vae"].update(dtype="fp32", dtypes={"fp32": 2, "bf16": 1}),
+     "field 'components.vae.dtypes' goes with 'components.vae.dtype' 'mixed'"),
 ])
 def test_manifest_structure_is_checked_by_every_reader(tmp_path, edit, message):
     manifest = _manifest()

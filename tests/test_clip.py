@@ -79,7 +79,7 @@ def test_hub_layout_converts(reference_store, tmp_path_factory):
     extra = {"text_model.embeddings.position_ids": torch.arange(77)[None]}
     hub = with_prefix(src, tmp_path_factory.mktemp("clip_hub") / "src", "text_model.", extra)
     dst = tmp_path_factory.mktemp("clip_hub_native") / "native"
-    weights_convert.convert(hub, dst, dtype=torch.float32)
+    weights_convert.convert(hub, dst)
     ours = CLIPTextEncoder.from_pretrained(dst, dtype=torch.float32, device="cpu")
     ref = load_reference("CLIPTextModel", src)
     _check(ref, ours, _prompts(199, 200, 200, 300, [9], 77, seed=11))

@@ -103,15 +103,16 @@ def expected_native(state, depth=2):
 
 
 @pytest.mark.parametrize("sharded", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
 def test_convert_then_load(tmp_path, sharded, dtype):
     state = toy_source(tmp_path / "src", sharded=sharded)
-    dst = convert(tmp_path / "src", tmp_path / "dst", dtype=dtype)
+    dst = convert(tmp_path / "src", tmp_path / "dst", dtype=dtype)  # None: the fp32 source's own dtype
     manifest = json.loads((dst / "manifest.json").read_text())
     assert manifest["components"]["toy"]["class"] == "ToyModel"
-    model = load_pretrained(ToyModel, dst, dtype=dtype, device="cpu")
+    model = load_pretrained(ToyModel, dst, dtype=None, device="cpu")
     for k, v in expected_native(state).items():
-        assert torch.equal(model.state_dict()[k], v.to(dtype)), k
+        assert model.state_dict()[k].dtype == (dtype or torch.float32), k
+        assert torch.equal(model.state_dict()[k], v.to(dtype or torch.float32)), k
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]  # no temporary folder left
 
 

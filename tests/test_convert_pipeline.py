@@ -48,6 +48,7 @@ def test_manifest_and_every_tensor_as_the_plan_says(download, converted):
     assert sorted(manifest["components"]) == ["image_encoder", "text_encoder", "text_encoder_2", "transformer", "vae"]
     assert sorted(manifest["aux"]) == ["feature_extractor", "scheduler", "tokenizer", "tokenizer_2"]
     assert manifest["sampling_type"] == "inverted_anti_drifting"
+    assert {e["dtype"] for e in manifest["components"].values()} == {"bf16"}  # --dtype bf16 cast the fp32 download
     sources = {"transformer": download["transformer"], "image_encoder": download["image_encoder"] / "image_encoder",
                **{n: download["src"] / n for n in ("text_encoder", "text_encoder_2", "vae")}}
     by_component = {c.component: c for c in converters()}

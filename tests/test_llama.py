@@ -138,6 +138,6 @@ def test_converter_layout_prefix_and_round_trip(reference_store, tmp_path_factor
     extra = {"lm_head.weight": torch.randn(LLAMA_TINY["vocab_size"], 64)}
     causal = with_prefix(src, tmp_path_factory.mktemp("llama_causal") / "src", "model.", extra)
     dst = tmp_path_factory.mktemp("llama_causal_native") / "native"
-    weights_convert.convert(causal, dst, dtype=torch.float32)
+    weights_convert.convert(causal, dst)
     ours = LlamaTextEncoder.from_pretrained(dst, dtype=torch.float32, device="cpu")
     assert torch.equal(ours.layers[2].attn.out.weight, state["layers.2.self_attn.o_proj.weight"])

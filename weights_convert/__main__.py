@@ -20,7 +20,9 @@ def build_parser(parser=None):
     parser = parser or OneLineParser(prog="python -m weights_convert", description=__doc__)
     parser.add_argument("src", nargs="?", help="a diffusers pipeline root (model_index.json) or a component folder")
     parser.add_argument("dst", nargs="?", help="the native folder to write")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="floating dtype of the output")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="cast every floating tensor to this dtype (default: each keeps its source dtype, "
+                             "losslessly; a fused one takes the widest of its sources)")
     parser.add_argument("--transformer", metavar="DIR", help="a FramePack transformer folder (diffusers layout)")
     parser.add_argument("--image-encoder", metavar="DIR", help="flux_redux_bfl root or its image_encoder/ folder")
     parser.add_argument("--sampling-type", choices=SAMPLING_TYPES, default=None,
@@ -44,7 +46,7 @@ def _run(args):
     if not args.src or not args.dst:
         print("error: SRC and DST are required (or --verify DIR)", file=sys.stderr)
         return 2
-    dst = convert(args.src, args.dst, DTYPES[args.dtype], transformer=args.transformer,
+    dst = convert(args.src, args.dst, args.dtype, transformer=args.transformer,
                   image_encoder=args.image_encoder, overwrite=args.overwrite, sampling_type=args.sampling_type)
     print(f"wrote {dst}")
     return 0

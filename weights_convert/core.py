@@ -9,6 +9,7 @@ both sides, in the same order.
 Every source key must be consumed by exactly one rule or dropped; every native key produced.
 """
 import dataclasses
+import functools
 import importlib
 import re
 from typing import Callable
@@ -148,6 +149,12 @@ def build_plan(rules, src_shapes):
         dup = sorted({d for d in dsts if dsts.count(d) > 1})
         raise ConversionError(f"native tensors produced twice: {dup[:8]}")
     return steps
+
+
+def widest_dtype(dtypes):
+    """The dtype that holds every one of `dtypes` exactly: fp32 over fp16 / bf16, and fp32 for fp16 + bf16 together
+    (neither holds the other: bf16 has the range, fp16 the mantissa)."""
+    return functools.reduce(torch.promote_types, dtypes)
 
 
 def apply_step(step, tensors):

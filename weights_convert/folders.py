@@ -1,8 +1,9 @@
 """Converting a component folder or a whole pipeline into a native folder, atomically, and verifying it.
 
 DST layout:
-    manifest.json            format, format_version, components {name: class, path, files {name: sha256}},
-                             aux {name: files}, sampling_type
+    manifest.json            format, format_version, components {name: class, path, files {name: sha256},
+                             dtype ("bf16", ... or "mixed" with dtypes {"bf16": n, ...})}, aux {name: files},
+                             sampling_type
     <component>/config.json + model*.safetensors   (path "." when SRC was a single component)
     tokenizer/, tokenizer_2/, scheduler/, feature_extractor/   (config and vocabulary files, copied)
 """
@@ -15,12 +16,13 @@ from pathlib import Path
 
 import torch
 
-from framepack_native.configs import config_from_dict, read_json
-from framepack_native.models.loading import FORMAT_VERSION, MANIFEST, read_manifest
+from framepack_native.configs import config_from_dict
+from framepack_native.files import CheckpointError, file_mode, read_json, write_text_atomic
+from framepack_native.models.loading import FORMAT_VERSION, MANIFEST, dtype_entry, read_manifest
 from framepack_native.sections import SAMPLING_TYPES
-from framepack_native.weights import (CheckpointError, check_checkpoint, check_dtype, file_mode, open_checkpoint,
-                                      save_sharded, write_text_atomic)
-from weights_convert.core import ConversionError, apply_step, build_plan, check_plan, find_converter, planned_shape
+from framepack_native.weights import check_checkpoint, check_dtype, open_checkpoint, save_sharded
+from weights_convert.core import (ConversionError, apply_step, build_plan, check_plan, find_converter, planned_shape,
+                                  widest_dtype)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 AUX_FOLDERS = ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor")
@@ -36,8 +38,23 @@ def sha256(path, chunk=16 * 1024 * 1024):
     return h.hexdigest()
 
 
-def convert_component(converter, src, dst, dtype, max_shard_bytes=SHARD_BYTES):
-    """Stream one component from a reference folder into native folder `dst`. Returns its manifest entry."""
+def cast_dtype(dtype):
+    """The floating dtype a conversion casts to: None (keep each tensor's source dtype), a DTYPES name or value."""
+    if dtype is None or dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ConversionError(f"dtype must be None (keep the source dtypes), one of {sorted(DTYPES)} or "
+                          f"torch.bfloat16 / float16 / float32, got {dtype!r}")
+
+
+def convert_component(converter, src, dst, dtype=None, max_shard_bytes=SHARD_BYTES):
+    """Stream one component from a reference folder into native folder `dst`. Returns its manifest entry.
+
+    dtype None keeps every floating tensor's source dtype (a fused one takes the widest of its sources, so the
+    conversion is lossless); a floating dtype casts them all. Integer tensors keep theirs.
+    """
+    dtype = cast_dtype(dtype)
     src, dst = Path(src), Path(dst)
     config_path = src / "config.json"
     cls = converter.load_class()
@@ -60,7 +77,9 @@ def convert_component(converter, src, dst, dtype, max_shard_bytes=SHARD_BYTES):
     by_dst = {s.dst: s for s in steps}
 
     def out_dtype(name):
-        return dtype if model_dtypes[name].is_floating_point else model_dtypes[name]
+        if not model_dtypes[name].is_floating_point:
+            return model_dtypes[name]
+        return dtype or widest_dtype([ckpt.dtype(n) for n in by_dst[name].srcs])
 
     specs = [(name, planned_shape(by_dst[name]), out_dtype(name)) for name in expected]
 
@@ -79,7 +98,8 @@ def convert_component(converter, src, dst, dtype, max_shard_bytes=SHARD_BYTES):
     files = save_sharded(dst, specs, fetch, max_shard_bytes=max_shard_bytes)
     doc = {"class": cls.__name__, "format_version": FORMAT_VERSION, "config": native_fields}
     write_text_atomic(dst / "config.json", json.dumps(doc, indent=2))
-    return {"class": cls.__name__, "files": {f: sha256(dst / f) for f in files + ["config.json"]}}
+    return {"class": cls.__name__, "files": {f: sha256(dst / f) for f in files + ["config.json"]},
+            **dtype_entry(d for _, _, d in specs)}
 
 
 def copy_aux(src, dst):
@@ -138,15 +158,18 @@ def guess_sampling_type(transformer_dir):
     return "vanilla" if any("FramePack_F1" in p or "F1_I2V" in p for p in parts) else "inverted_anti_drifting"
 
 
-def convert(src, dst, dtype=torch.float32, *, transformer=None, image_encoder=None, overwrite=False,
+def convert(src, dst, dtype=None, *, transformer=None, image_encoder=None, overwrite=False,
             sampling_type=None, max_shard_bytes=SHARD_BYTES):
     """Convert SRC (a pipeline root or one component folder) into native folder DST, atomically.
 
+    dtype: None keeps every tensor's source dtype (lossless; a fused tensor takes the widest of its sources);
+    torch.bfloat16 / float16 / float32 or "bf16" / "fp16" / "fp32" casts the floating tensors.
     sampling_type: recorded in the manifest as the pipeline's default; None guesses it from the transformer
     folder's name (see guess_sampling_type).
     """
     if sampling_type is not None and sampling_type not in SAMPLING_TYPES:
         raise ConversionError(f"unknown sampling type {sampling_type!r}; expected one of {SAMPLING_TYPES}")
+    dtype = cast_dtype(dtype)
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise ConversionError(f"{src}: no such folder")
@@ -157,8 +180,6 @@ def convert(src, dst, dtype=torch.float32, *, transformer=None, image_encoder=No
     if stale.is_dir() and not dst.exists():  # an --overwrite stopped between its two renames: restore the old DST
         stale.rename(dst)
     _check_dst(dst, overwrite)
-    if isinstance(dtype, str):
-        dtype = DTYPES[dtype]
     models, aux = _component_sources(src, transformer, image_encoder)
     single = not (src / "model_index.json").is_file() and not transformer and not image_encoder
     created = [p for p in reversed(dst.parents) if not p.exists()]  # outermost first; removed again on failure

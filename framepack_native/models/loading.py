@@ -12,11 +12,48 @@ from pathlib import Path
 import torch
 
 from framepack_native.configs import check_field, config_from_dict, read_json  # noqa: F401 (re-exported)
+from framepack_native.files import CheckpointError, write_text_atomic
 from framepack_native.sections import SAMPLING_TYPES
-from framepack_native.weights import CheckpointError, load_state, save_safetensors, write_text_atomic
+from framepack_native.weights import load_state, save_safetensors
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+DTYPE_LABELS = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+MIXED = "mixed"
+
+
+def dtype_entry(dtypes):
+    """The manifest fields recording a component's floating dtypes ([torch.dtype], one per tensor): {"dtype": "bf16"},
+    or {"dtype": "mixed", "dtypes": {"bf16": n, "fp32": m}} when they differ; {} when none is floating."""
+    counts = {}
+    for dtype in dtypes:
+        if dtype.is_floating_point:
+            counts[DTYPE_LABELS[dtype]] = counts.get(DTYPE_LABELS[dtype], 0) + 1
+    if len(counts) > 1:
+        return {"dtype": MIXED, "dtypes": dict(sorted(counts.items()))}
+    return {"dtype": next(iter(counts))} if counts else {}
+
+
+def _check_dtype_entry(path, field, entry):
+    """A component's "dtype" field and, with "mixed", its "dtypes" counts (both absent in older manifests)."""
+    if "dtype" not in entry and "dtypes" not in entry:
+        return
+    names = sorted(DTYPE_LABELS.values())
+    dtype = entry.get("dtype")
+    if dtype not in (*names, MIXED):
+        raise CheckpointError(f"{path}: field '{field}.dtype' must be one of {names} or {MIXED!r}, got {dtype!r}")
+    if dtype != MIXED and "dtypes" not in entry:
+        return
+    counts = entry.get("dtypes")
+    check_field(path, f"{field}.dtypes", counts, dict)
+    for name, n in counts.items():
+        check_field(path, f"{field}.dtypes.{name}", n, int)
+        if name not in names or n < 1:
+            raise CheckpointError(f"{path}: field '{field}.dtypes' must count tensors (a positive integer) per "
+                                  f"dtype of {names}, got {name!r}: {n}")
+    if dtype != MIXED or len(counts) < 2:
+        raise CheckpointError(f"{path}: field '{field}.dtypes' goes with '{field}.dtype' {MIXED!r} and counts two "
+                              f"or more dtypes, got dtype {dtype!r} and {counts}")
 
 
 def read_manifest(root):
@@ -42,6 +79,8 @@ def read_manifest(root):
                 check_field(path, f"{field}.files.{fname}", digest, str)
                 if Path(fname).name != fname:
                     raise CheckpointError(f"{path}: field '{field}.files' names {fname!r}, not a file name")
+            if section == "components":
+                _check_dtype_entry(path, field, entry)
     if doc.get("sampling_type") not in (None, *SAMPLING_TYPES):
         raise CheckpointError(f"{path}: field 'sampling_type' must be null or one of {SAMPLING_TYPES}, got "
                               f"{doc['sampling_type']!r}")
