@@ -102,7 +102,7 @@ def test_inputs_and_config_validated():
     model = CLIPTextEncoder(CLIPTextConfig.tiny())
     with pytest.raises(ValueError, match="sequence length 78 exceeds max_position_embeddings 77"):
         model(torch.zeros(1, 78, dtype=torch.long))
-    with pytest.raises(ValueError, match="hidden_act 'relu'"):
-        CLIPTextConfig.tiny(hidden_act="relu")
+    with pytest.raises(ValueError, match="hidden_act 'prelu'"):
+        CLIPTextConfig.tiny(hidden_act="prelu")
     with pytest.raises(ValueError, match="hidden_size 64 is not a multiple of num_attention_heads 5"):
         CLIPTextConfig.tiny(num_attention_heads=5)

@@ -118,8 +118,8 @@ def test_hidden_state_index_and_inputs_validated():
         model(ids, torch.ones(1, 5))
     with pytest.raises(ValueError, match="num_key_value_heads 3"):
         LlamaConfig.tiny(num_key_value_heads=3)
-    with pytest.raises(ValueError, match="rope_type 'yarn'"):
-        LlamaConfig.tiny(rope_type="yarn")
+    with pytest.raises(ValueError, match="rope_type 'ntk'"):
+        LlamaConfig.tiny(rope_type="ntk")
 
 
 def test_converter_layout_prefix_and_round_trip(reference_store, tmp_path_factory):

@@ -141,8 +141,8 @@ def test_convert_config_rejects_other_variants():
     assert convert_config(base)["rope_axes_dim"] == [4, 6, 6]
     with pytest.raises(ConversionError, match="has_clean_x_embedder"):
         convert_config(dict(base, has_clean_x_embedder=False))
-    with pytest.raises(ConversionError, match="token_replace"):
-        convert_config(dict(base, image_condition_type="token_replace"))
+    with pytest.raises(ConversionError, match="qk_norm"):
+        convert_config(dict(base, qk_norm="layer_norm"))
 
 
 def test_both_checkpoint_class_names_are_recognised():

@@ -51,7 +51,7 @@ def test_no_attention_variant_converts():
 
 
 def test_unsupported_source_config_is_refused():
-    config = {"_class_name": "AutoencoderKLHunyuanVideo", "act_fn": "gelu"}
+    config = {"_class_name": "AutoencoderKLHunyuanVideo", "act_fn": "tanh"}
     with pytest.raises(ConversionError, match="act_fn"):
         CONVERTER.config(config)
     with pytest.raises(ConversionError, match="down_block_types"):

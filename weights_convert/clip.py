@@ -2,7 +2,8 @@
 
 Hub checkpoints carry a "text_model." prefix, transformers 5 saves without it: both convert.
 """
-from weights_convert.core import Converter, Drop, Rule, source_field
+from framepack_native.models.activations import check_activation
+from weights_convert.core import ConversionError, Converter, Drop, Rule, source_field
 
 
 def block_rules(layer):
@@ -25,9 +26,20 @@ DEFAULTS = dict(  # transformers' CLIPTextConfig defaults
 )
 
 
+# Read nowhere, without effect on CLIPTextModel's outputs: projection_dim (CLIPTextModelWithProjection's
+# text_projection, dropped), attention_dropout (eval mode), initializer_range / initializer_factor (initialisation),
+# pad_token_id / bos_token_id (the tokenizer's; the embedding has no padding_idx).
+
+
 def convert_config(src):
     """Native CLIPTextConfig fields; missing entries take transformers' CLIPTextConfig defaults."""
-    return {name: source_field(src, name, default) for name, default in DEFAULTS.items()}
+    eos = src.get("eos_token_id")
+    if isinstance(eos, list):  # CLIPTextConfig allows it, but `input_ids == [..]` is False: the pooling fails
+        raise ConversionError(f"CLIP eos_token_id {eos}: CLIPTextModel pools at one end token id and fails on a "
+                              "list (its `input_ids == eos_token_id` is then a bool)")
+    fields = {name: source_field(src, name, default) for name, default in DEFAULTS.items()}
+    check_activation(fields["hidden_act"], "CLIP hidden_act", ConversionError)
+    return fields
 
 
 def rules(cfg):

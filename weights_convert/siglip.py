@@ -3,6 +3,7 @@
 The attention-pooling head is dropped. Hub checkpoints carry a "vision_model." prefix, transformers 5
 saves without it: both convert.
 """
+from framepack_native.models.activations import check_activation
 from weights_convert.clip import block_rules
 from weights_convert.core import ConversionError, Converter, Drop, Rule, source_field
 
@@ -14,9 +15,14 @@ DEFAULTS = dict(  # transformers' SiglipVisionConfig defaults
 SIZES = dict(image_size=224, patch_size=16)
 
 
+# Read nowhere, without effect on last_hidden_state: vision_use_head (the pooling head, dropped),
+# attention_dropout (eval mode), initializer_factor (initialisation).
+
+
 def convert_config(src):
     """Native SiglipVisionConfig fields; missing entries take transformers' SiglipVisionConfig defaults."""
     fields = {name: source_field(src, name, default) for name, default in DEFAULTS.items()}
+    check_activation(fields["hidden_act"], "SigLIP hidden_act", ConversionError)
     for name, default in SIZES.items():  # an int, or transformers' [height, width]
         value = src.get(name, default)
         if isinstance(value, list):

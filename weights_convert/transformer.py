@@ -16,15 +16,16 @@ FIELDS = {  # native field: default of diffusers' HunyuanVideoFramepackTransform
 
 def convert_config(src):
     """Native FramePackTransformerConfig fields from a diffusers config.json; unsupported variants raise."""
-    if source_field(src, "qk_norm", "rms_norm") != "rms_norm":
-        raise ConversionError(f"qk_norm {src['qk_norm']!r} is not supported (FramePack uses 'rms_norm')")
-    if source_field(src, "image_condition_type", None, str) is not None:
-        raise ConversionError(f"image_condition_type {src['image_condition_type']!r} is a HunyuanVideo-I2V variant, "
-                              "not FramePack (expected null)")
+    qk_norm = source_field(src, "qk_norm", "rms_norm")
+    if qk_norm != "rms_norm":
+        raise ConversionError(f"qk_norm {qk_norm!r}: a different query/key norm layer (with other weights); the "
+                              "native blocks implement FramePack's and HunyuanVideo's 'rms_norm'")
+    # image_condition_type is ignored: the FramePack model only hands it to HunyuanVideoConditionEmbedding, whose
+    # "token_replace" embedding its forward discards (`temb, _ = ...`); other values change nothing there.
     for flag in ("has_image_proj", "has_clean_x_embedder"):
         if not source_field(src, flag, False):
-            raise ConversionError(f"{flag} is {src.get(flag, False)}: not a FramePack transformer (both "
-                                  "has_image_proj and has_clean_x_embedder must be true)")
+            raise ConversionError(f"{flag} is {src.get(flag, False)}: diffusers' FramePack forward calls "
+                                  "image_projection and clean_x_embedder unconditionally, so both must be true")
     fields = {name: source_field(src, name, default) for name, default in FIELDS.items()}
     fields["out_channels"] = source_field(src, "out_channels", None, int) or fields["in_channels"]
     fields["rope_axes_dim"] = list(fields["rope_axes_dim"])

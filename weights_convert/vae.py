@@ -3,6 +3,8 @@
 Key changes: the causal conv wrappers' inner `.conv` disappears, the one-element downsamplers/upsamplers
 lists become `downsample` / `upsample`, the mid-block attention's to_q/to_k/to_v fuse into `qkv`.
 """
+from framepack_native.models.activations import check_activation
+from framepack_native.models.vae import ACT_FNS
 from weights_convert.core import ConversionError, Converter, Rule, source_field
 
 DEFAULTS = {  # AutoencoderKLHunyuanVideo.__init__ defaults, for configs saved before a field existed
@@ -14,15 +16,15 @@ DEFAULTS = {  # AutoencoderKLHunyuanVideo.__init__ defaults, for configs saved b
 
 def convert_config(src):
     """The native config fields of a diffusers AutoencoderKLHunyuanVideo config.json."""
-    act = source_field(src, "act_fn", "silu")
-    if act not in ("silu", "swish"):
-        raise ConversionError(f"AutoencoderKLHunyuanVideo: act_fn {act!r} is not supported (only silu)")
     fields = {k: source_field(src, k, v) for k, v in DEFAULTS.items()}
+    fields["act_fn"] = check_activation(source_field(src, "act_fn", "silu"), "AutoencoderKLHunyuanVideo: act_fn",
+                                        ConversionError, ACT_FNS)
     n = len(fields["block_out_channels"])
     for key, kind in (("down_block_types", "HunyuanVideoDownBlock3D"), ("up_block_types", "HunyuanVideoUpBlock3D")):
         types = source_field(src, key, [kind] * n, (str,))
-        if list(types) != [kind] * n:
-            raise ConversionError(f"AutoencoderKLHunyuanVideo: {key} {types} is not {n} x {kind}")
+        if list(types) != [kind] * n:  # diffusers' encoder and decoder raise on any other block type
+            raise ConversionError(f"AutoencoderKLHunyuanVideo: {key} {types} is not {n} x {kind}, the only block "
+                                  "diffusers' HunyuanVideo encoder/decoder build")
     return fields
 
 

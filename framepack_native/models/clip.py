@@ -5,30 +5,13 @@ The pre-LN encoder block here is shared with the SigLIP vision tower (models/sig
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 import kernels
+from framepack_native.models.activations import ACTIVATIONS, check_activation
 from framepack_native.models.llama import causal_attention
 from framepack_native.models.loading import load_pretrained
-
-
-def quick_gelu(x):
-    """x * sigmoid(1.702 x): OpenAI CLIP's GELU approximation."""
-    return x * torch.sigmoid(1.702 * x)
-
-
-ACTIVATIONS = {
-    "quick_gelu": quick_gelu,
-    "gelu": F.gelu,
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-}
-
-
-def check_activation(name):
-    if name not in ACTIVATIONS:
-        raise ValueError(f"hidden_act {name!r} is not supported; expected one of {tuple(ACTIVATIONS)}")
 
 
 @dataclasses.dataclass(frozen=True)

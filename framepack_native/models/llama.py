@@ -1,7 +1,7 @@
 """Llama-3 decoder used as HunyuanVideo's text encoder (llava-llama-3-8b): hidden states, no LM head.
 
-Grouped-query attention, SwiGLU MLP, RMSNorm, half-split rotary embedding (transformers' LlamaModel layout),
-with the optional `llama3` frequency scaling of Llama 3.1.
+Grouped-query attention, gated MLP (SwiGLU by default), RMSNorm, half-split rotary embedding (transformers'
+LlamaModel layout), with the rotary frequency schemes transformers' Llama accepts (modeling_rope_utils).
 """
 import dataclasses
 import math
@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from framepack_native.models.activations import ACTIVATIONS, check_activation
 from framepack_native.models.loading import load_pretrained
 
-ROPE_TYPES = ("default", "llama3")
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope", "proportional")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,13 +29,21 @@ class LlamaConfig:
     head_dim: int = 128
     rms_norm_eps: float = 1e-5
     rope_theta: float = 500000.0
-    rope_type: str = "default"            # "llama3": Llama 3.1 frequency scaling with the four fields below
-    rope_factor: float = 8.0
-    rope_low_freq_factor: float = 1.0
-    rope_high_freq_factor: float = 4.0
-    rope_original_max_position_embeddings: int = 8192
+    rope_type: str = "default"            # one of ROPE_TYPES; the rope_* fields below apply as noted
+    rope_factor: float = 8.0              # linear, dynamic, llama3, yarn, proportional
+    rope_low_freq_factor: float = 1.0     # llama3
+    rope_high_freq_factor: float = 4.0    # llama3
+    rope_original_max_position_embeddings: int = 8192  # the trained context: llama3, yarn, longrope, dynamic
+    rope_attention_factor: float = 1.0    # yarn, longrope: cos and sin are scaled by it
+    rope_beta_fast: float = 32.0          # yarn
+    rope_beta_slow: float = 1.0           # yarn
+    rope_truncate: bool = True            # yarn
+    rope_short_factor: tuple = ()         # longrope: Dh/2 factors up to the trained context
+    rope_long_factor: tuple = ()          # longrope: Dh/2 factors past it
+    rope_partial_factor: float = 1.0      # proportional: the rotated fraction of each head
     attention_bias: bool = False
     mlp_bias: bool = False
+    hidden_act: str = "silu"              # the gate's activation (transformers' ACT2FN name)
 
     def __post_init__(self):
         if self.num_attention_heads % self.num_key_value_heads:
@@ -47,6 +56,16 @@ class LlamaConfig:
         if self.rope_type == "llama3" and self.rope_high_freq_factor <= self.rope_low_freq_factor:
             raise ValueError(f"rope_high_freq_factor {self.rope_high_freq_factor} must exceed "
                              f"rope_low_freq_factor {self.rope_low_freq_factor}")
+        for name in ("rope_short_factor", "rope_long_factor"):
+            values = getattr(self, name)
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise ValueError(f"{name} must hold numbers, got {values}")
+            if self.rope_type == "longrope" and len(values) != self.head_dim // 2:
+                raise ValueError(f"{name} has {len(values)} entries, head_dim {self.head_dim} needs "
+                                 f"{self.head_dim // 2}")
+        if not 0 < self.rope_partial_factor <= 1:
+            raise ValueError(f"rope_partial_factor must be in (0, 1], got {self.rope_partial_factor}")
+        check_activation(self.hidden_act)
         if min(self.vocab_size, self.hidden_size, self.intermediate_size, self.num_hidden_layers) < 1:
             raise ValueError(f"sizes must be positive: vocab {self.vocab_size}, hidden {self.hidden_size}, "
                              f"intermediate {self.intermediate_size}, layers {self.num_hidden_layers}")
@@ -59,23 +78,66 @@ class LlamaConfig:
         return cls(**{**fields, **overrides})
 
 
-def rope_inv_freq(config):
-    """Inverse rotary frequencies (Dh/2,) float32 on the CPU, as transformers' default / `llama3` rope init."""
-    dim = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-    if config.rope_type == "default":
-        return inv_freq
-    # Llama 3.1: long wavelengths divided by `factor`, short ones kept, a linear blend in between.
-    old_len = config.rope_original_max_position_embeddings
-    low_wavelen = old_len / config.rope_low_freq_factor
-    high_wavelen = old_len / config.rope_high_freq_factor
+def _yarn_inv_freq(config, exponents, dim):
+    """YaRN (arXiv:2309.00071): interpolated low frequencies, extrapolated high ones, a linear ramp between."""
+    c, base = config, config.rope_theta
+    pos_freqs = base ** exponents
+
+    def correction_dim(rotations):
+        return dim * math.log(c.rope_original_max_position_embeddings / (rotations * 2 * math.pi)) / (
+            2 * math.log(base))
+
+    low, high = correction_dim(c.rope_beta_fast), correction_dim(c.rope_beta_slow)
+    if c.rope_truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # as transformers: avoids a zero-width ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    extrapolation = 1 - ramp
+    return 1.0 / (c.rope_factor * pos_freqs) * (1 - extrapolation) + 1.0 / pos_freqs * extrapolation
+
+
+def rope_frequencies(config, length):
+    """(inverse rotary frequencies (Dh/2,) float32 on the CPU, cos/sin scale) for positions 0..length-1.
+
+    As transformers' rope init functions for config.rope_type (modeling_rope_utils). "dynamic" is computed
+    for this length, as a fresh transformers model does; a used one keeps its longest call's frequencies for
+    later calls that are shorter but still past the trained context.
+    """
+    c, dim = config, config.head_dim
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim  # (Dh/2,)
+    if c.rope_type == "proportional":  # only the first rope_partial_factor of each head rotates
+        angles = int(c.rope_partial_factor * dim // 2)
+        inv_freq = 1.0 / (c.rope_theta ** exponents[:angles])
+        return torch.cat((inv_freq, torch.zeros(dim // 2 - angles))) / c.rope_factor, 1.0
+    if c.rope_type == "dynamic" and length > c.rope_original_max_position_embeddings:
+        # NTK-aware: the base grows with the length past the trained context (float32, as transformers)
+        n = torch.tensor(length)
+        grow = (c.rope_factor * n / c.rope_original_max_position_embeddings - (c.rope_factor - 1)) ** (
+            dim / (dim - 2))
+        return 1.0 / ((c.rope_theta * grow) ** exponents), 1.0
+    if c.rope_type == "longrope":
+        long = length > c.rope_original_max_position_embeddings
+        factors = torch.tensor(c.rope_long_factor if long else c.rope_short_factor, dtype=torch.float32)
+        return 1.0 / (factors * c.rope_theta ** exponents), c.rope_attention_factor
+    inv_freq = 1.0 / (c.rope_theta ** exponents)
+    if c.rope_type == "linear":
+        return inv_freq / c.rope_factor, 1.0
+    if c.rope_type == "yarn":
+        return _yarn_inv_freq(c, exponents, dim), c.rope_attention_factor
+    if c.rope_type == "default" or c.rope_type == "dynamic":
+        return inv_freq, 1.0
+    # llama3 (Llama 3.1): long wavelengths divided by `factor`, short ones kept, a linear blend in between.
+    old_len = c.rope_original_max_position_embeddings
+    low_wavelen = old_len / c.rope_low_freq_factor
+    high_wavelen = old_len / c.rope_high_freq_factor
     wavelen = 2 * math.pi / inv_freq
-    scaled = torch.where(wavelen > low_wavelen, inv_freq / config.rope_factor, inv_freq)
-    smooth = (old_len / wavelen - config.rope_low_freq_factor) / (
-        config.rope_high_freq_factor - config.rope_low_freq_factor)
-    blended = (1 - smooth) * scaled / config.rope_factor + smooth * scaled
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / c.rope_factor, inv_freq)
+    smooth = (old_len / wavelen - c.rope_low_freq_factor) / (c.rope_high_freq_factor - c.rope_low_freq_factor)
+    blended = (1 - smooth) * scaled / c.rope_factor + smooth * scaled
     medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-    return torch.where(medium, blended, scaled)
+    return torch.where(medium, blended, scaled), 1.0
 
 
 def rope_half(x, cos, sin):
@@ -147,16 +209,17 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x)), gate and up fused in one projection."""
+    """Gated MLP: down(act(gate(x)) * up(x)), SwiGLU for act = silu; gate and up fused in one projection."""
 
     def __init__(self, config):
         super().__init__()
+        self.act = ACTIVATIONS[config.hidden_act]
         self.gate_up = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
         self.down = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x):
         gate, up = self.gate_up(x).chunk(2, dim=-1)  # (B, L, F) each
-        return self.down(F.silu(gate) * up)
+        return self.down(self.act(gate) * up)
 
 
 class Block(nn.Module):
@@ -195,9 +258,10 @@ class LlamaTextEncoder(nn.Module):
         """cos, sin (L, Dh) float32 for positions 0..L-1, cached per device and length."""
         key = (str(device), length)
         if key not in self._rope_cache:
-            freqs = torch.arange(length, dtype=torch.float32)[:, None] * rope_inv_freq(self.config)[None]
+            inv_freq, scale = rope_frequencies(self.config, length)
+            freqs = torch.arange(length, dtype=torch.float32)[:, None] * inv_freq[None]
             emb = torch.cat((freqs, freqs), dim=-1)  # (L, Dh)
-            self._rope_cache = {key: (emb.cos().to(device), emb.sin().to(device))}
+            self._rope_cache = {key: ((emb.cos() * scale).to(device), (emb.sin() * scale).to(device))}
         return self._rope_cache[key]
 
     def drop_layers_after(self, hidden_state_index):

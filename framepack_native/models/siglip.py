@@ -8,7 +8,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from framepack_native.models.clip import EncoderBlock, check_activation
+from framepack_native.models.activations import check_activation
+from framepack_native.models.clip import EncoderBlock
 from framepack_native.models.loading import load_pretrained
 
 

@@ -91,7 +91,8 @@ class FramePackTransformer(nn.Module):
         self.time_in = MLPEmbedder(256, dim)
         self.guidance_in = MLPEmbedder(256, dim) if c.guidance_embeds else None
         self.vector_in = MLPEmbedder(c.pooled_projection_dim, dim)
-        self.txt_in = TokenRefiner(c.text_embed_dim, dim, c.num_attention_heads, c.num_refiner_layers, c.mlp_ratio)
+        # The refiner's MLP ratio is 4 whatever mlp_ratio says: diffusers builds HunyuanVideoTokenRefiner without it.
+        self.txt_in = TokenRefiner(c.text_embed_dim, dim, c.num_attention_heads, c.num_refiner_layers, 4.0)
         self.image_in = ImageProjection(c.image_proj_dim, dim)
         head = (dim, c.num_attention_heads, c.attention_head_dim, mlp_dim)
         self.double_blocks = nn.ModuleList(DoubleStreamBlock(*head) for _ in range(c.num_layers))

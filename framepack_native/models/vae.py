@@ -7,9 +7,13 @@ import math
 import torch
 from torch import nn
 
+from framepack_native.models.activations import check_activation
 from framepack_native.models.loading import load_pretrained
 from framepack_native.models.vae_blocks import MEMORY_FORMAT, CausalConv3d, Decoder, Encoder
 from framepack_native.noise import randn
+
+
+ACT_FNS = ("silu", "swish", "mish", "gelu", "relu")  # diffusers' get_activation table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,8 +29,10 @@ class HunyuanVideoVAEConfig:
     spatial_compression_ratio: int = 8
     temporal_compression_ratio: int = 4
     mid_block_add_attention: bool = True
+    act_fn: str = "silu"                  # the ResNet blocks' activation (diffusers' get_activation names)
 
     def __post_init__(self):
+        check_activation(self.act_fn, "act_fn", names=ACT_FNS)
         for c in self.block_out_channels:
             if c % self.norm_num_groups:
                 raise ValueError(f"block_out_channels {self.block_out_channels}: {c} is not divisible by "

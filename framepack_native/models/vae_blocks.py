@@ -2,7 +2,7 @@
 causal frame attention, encoder and decoder.
 
 Activations and conv weights are channels-last. A convolution never materialises its normalised or padded
-input: it walks over chunks of output frames and writes each chunk's padded input (GroupNorm + SiLU,
+input: it walks over chunks of output frames and writes each chunk's padded input (GroupNorm + activation,
 replicate padding) into one reused buffer of at most chunk_budget() elements, so the full-size temporaries
 of the reference (normalised copy, padded copy, upsampled copy) never exist. Nearest upsampling + conv is
 computed on the low-resolution input (UpsampleConv3d). Inference only: convolutions write in place.
@@ -15,6 +15,7 @@ from einops import rearrange
 from torch import nn
 
 import kernels
+from framepack_native.models.activations import activation_into
 
 MEMORY_FORMAT = torch.channels_last_3d
 # Upper bound on a chunk's temporaries (padded conv input, float32 copy for statistics), in elements (32 MiB
@@ -31,7 +32,14 @@ EPS = 1e-6
 
 
 class GroupNorm(nn.GroupNorm):
-    """GroupNorm split in two: statistics over the whole input, then normalisation of any chunk of it."""
+    """GroupNorm split in two: statistics over the whole input, then normalisation of any chunk of it.
+
+    `act` (an activations.ACTIVATIONS name) follows the norm when a CausalConv3d reads it as `norm`.
+    """
+
+    def __init__(self, num_groups, num_channels, eps=EPS, act="silu"):
+        super().__init__(num_groups, num_channels, eps=eps)
+        self.act = act
 
     def stats(self, x):
         """x (B, C, T, H, W) -> (mean, var), each (B, C) float32: the (biased) statistics of each channel's group."""
@@ -62,7 +70,7 @@ class GroupNorm(nn.GroupNorm):
 class CausalConv3d(nn.Conv3d):
     """Conv3d with replicate padding: k_t - 1 frames on the past side, k // 2 on each side in space.
 
-    `norm` = a GroupNorm makes the input SiLU(norm(x)), applied chunk by chunk (statistics over all of x
+    `norm` = a GroupNorm makes the input norm.act(norm(x)), applied chunk by chunk (statistics over all of x
     first). `inplace` lets the output overwrite x (stride 1, C_in == C_out); `add_to` returns
     conv(x) + add_to, accumulated into add_to.
 
@@ -159,7 +167,7 @@ class CausalConv3d(nn.Conv3d):
 
     @staticmethod
     def _fill(dst, src, norm, ph, pw):
-        """Write src (B, C, t, H, W), through SiLU(norm) if given, into dst (B, C, t, H + 2ph, W + 2pw), padded."""
+        """Write src (B, C, t, H, W), through act(norm) if given, into dst (B, C, t, H + 2ph, W + 2pw), padded."""
         H, W = src.shape[3:]
         inner = dst[:, :, :, ph:ph + H, pw:pw + W]
         if norm is None:
@@ -167,7 +175,7 @@ class CausalConv3d(nn.Conv3d):
         else:
             gn, stats = norm
             for i in range(src.shape[0]):
-                torch.ops.aten.silu.out(gn.normalize(src[i:i + 1], stats, i), out=inner[i:i + 1])
+                activation_into(gn.act, gn.normalize(src[i:i + 1], stats, i), inner[i:i + 1])
         if pw:
             rows = dst[:, :, :, ph:ph + H]
             rows[..., :pw].copy_(rows[..., pw:pw + 1].expand_as(rows[..., :pw]))
@@ -268,13 +276,13 @@ class UpsampleConv3d(CausalConv3d):
 
 
 class ResnetBlock(nn.Module):
-    """GroupNorm -> SiLU -> causal conv, twice, plus a (1x1x1 conv) shortcut (HunyuanVideoResnetBlockCausal3D)."""
+    """GroupNorm -> act -> causal conv, twice, plus a (1x1x1 conv) shortcut (HunyuanVideoResnetBlockCausal3D)."""
 
-    def __init__(self, in_channels, out_channels, groups):
+    def __init__(self, in_channels, out_channels, groups, act="silu"):
         super().__init__()
-        self.norm1 = GroupNorm(groups, in_channels, eps=EPS)
+        self.norm1 = GroupNorm(groups, in_channels, eps=EPS, act=act)
         self.conv1 = CausalConv3d(in_channels, out_channels)
-        self.norm2 = GroupNorm(groups, out_channels, eps=EPS)
+        self.norm2 = GroupNorm(groups, out_channels, eps=EPS, act=act)
         self.conv2 = CausalConv3d(out_channels, out_channels)
         self.conv_shortcut = CausalConv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
@@ -322,9 +330,9 @@ class CausalFrameAttention(nn.Module):
 class MidBlock(nn.Module):
     """ResNet -> causal frame attention -> ResNet, at the lowest resolution (HunyuanVideoMidBlock3D)."""
 
-    def __init__(self, channels, groups, attention):
+    def __init__(self, channels, groups, attention, act="silu"):
         super().__init__()
-        self.resnets = nn.ModuleList([ResnetBlock(channels, channels, groups) for _ in range(2)])
+        self.resnets = nn.ModuleList([ResnetBlock(channels, channels, groups, act) for _ in range(2)])
         self.attentions = nn.ModuleList([CausalFrameAttention(channels, groups)] if attention else [])
 
     def forward(self, x):
@@ -347,17 +355,17 @@ class Encoder(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        ch, G = config.block_out_channels, config.norm_num_groups
+        ch, G, act = config.block_out_channels, config.norm_num_groups, config.act_fn
         self.conv_in = CausalConv3d(config.in_channels, ch[0])
         self.down_blocks = nn.ModuleList()
         for i, (ft, fs) in enumerate(resample_plan(config)):
             block = nn.Module()
-            block.resnets = nn.ModuleList(ResnetBlock(ch[max(i - 1, 0)] if j == 0 else ch[i], ch[i], G)
+            block.resnets = nn.ModuleList(ResnetBlock(ch[max(i - 1, 0)] if j == 0 else ch[i], ch[i], G, act)
                                           for j in range(config.layers_per_block))
             block.downsample = CausalConv3d(ch[i], ch[i], stride=(ft, fs, fs)) if (ft, fs) != (1, 1) else None
             self.down_blocks.append(block)
-        self.mid_block = MidBlock(ch[-1], G, config.mid_block_add_attention)
-        self.norm_out = GroupNorm(G, ch[-1], eps=EPS)
+        self.mid_block = MidBlock(ch[-1], G, config.mid_block_add_attention, act)
+        self.norm_out = GroupNorm(G, ch[-1], eps=EPS)  # SiLU whatever act_fn is: diffusers' conv_act
         self.conv_out = CausalConv3d(ch[-1], 2 * config.latent_channels)
 
     def forward(self, x):
@@ -376,17 +384,17 @@ class Decoder(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        ch, G = config.block_out_channels[::-1], config.norm_num_groups
+        ch, G, act = config.block_out_channels[::-1], config.norm_num_groups, config.act_fn
         self.conv_in = CausalConv3d(config.latent_channels, ch[0])
-        self.mid_block = MidBlock(ch[0], G, config.mid_block_add_attention)
+        self.mid_block = MidBlock(ch[0], G, config.mid_block_add_attention, act)
         self.up_blocks = nn.ModuleList()
         for i, (ft, fs) in enumerate(resample_plan(config)):  # the decoder mirrors the encoder's levels
             block = nn.Module()
-            block.resnets = nn.ModuleList(ResnetBlock(ch[max(i - 1, 0)] if j == 0 else ch[i], ch[i], G)
+            block.resnets = nn.ModuleList(ResnetBlock(ch[max(i - 1, 0)] if j == 0 else ch[i], ch[i], G, act)
                                           for j in range(config.layers_per_block + 1))
             block.upsample = UpsampleConv3d(ch[i], (ft, fs)) if (ft, fs) != (1, 1) else None
             self.up_blocks.append(block)
-        self.norm_out = GroupNorm(G, ch[-1], eps=EPS)
+        self.norm_out = GroupNorm(G, ch[-1], eps=EPS)  # SiLU whatever act_fn is: diffusers' conv_act
         self.conv_out = CausalConv3d(ch[-1], config.out_channels)
 
     def forward(self, z):
