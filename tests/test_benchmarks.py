@@ -43,6 +43,13 @@ def test_pipeline():
     assert numbers(r"median ratio diffusers/ours: ([\d.]+)", out)
 
 
+def test_precision():
+    """Three variants per timestep; the bf16 ones near the float32 forward (toy widths)."""
+    out = run("precision.py", "--heads", "1", "--height", "4", "--width", "4", "--timesteps", "500")
+    errors = numbers(r"500 (?:bf16 \+ fp32 final Linear|bf16) +([\d.e+-]+)", out)
+    assert len(errors) == 2 and max(errors) < 5e-2, out
+
+
 def test_load_memory():
     out = run("load_memory.py", "--gib", "0.1")
     assert out.count("PASS") == 2 and "FAIL" not in out, out
