@@ -7,6 +7,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 FPS = 30
@@ -17,6 +18,7 @@ MAX_FRAMES = MAX_SECONDS * FPS
 MAX_WINDOW = 33            # FramePack's demo: latent window size 1..33
 MAX_STEPS = 1000
 MAX_SIZE = 4096            # pixels, height and width
+MAX_GUIDANCE = 100.0       # --guidance and --cfg (the official app's sliders: 1..32)
 SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
 
@@ -80,20 +82,26 @@ def _check_args(args):
                if value is not None]
     for flag, value, low, high in limits:
         _check_range(flag, value, low, high)
-    try:  # the pipeline's own checks; the model's default sampling is only known once it loads
+    sampling = args.sampling
+    if sampling is None and not args.demo and args.model and (Path(args.model) / "manifest.json").is_file():
+        from framepack_native.models.loading import read_manifest
+        from framepack_native.weights import CheckpointError
+        try:  # the model's own sampling, before anything loads (a damaged manifest is reported by the load)
+            sampling = read_manifest(args.model).get("sampling_type")
+        except CheckpointError:
+            pass
+    try:  # the pipeline's own checks
         sampler = args.sampler or get_preset(args.preset).sampler
-        check_arguments("", args.last_image, args.height, args.width, args.num_frames, args.window, args.steps,
-                        args.sampling or "inverted_anti_drifting", sampler, args.seconds)
+        check_arguments(args.prompt or "", args.last_image, args.height, args.width, args.num_frames, args.window,
+                        args.steps, sampling or "inverted_anti_drifting", sampler, args.seconds, args.negative_prompt)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.teacache is not None:
         _check_range("--teacache", args.teacache, 0.0, 10.0)
+    _check_range("--guidance", args.guidance, 0.0, MAX_GUIDANCE)  # the app's sliders stop at 32
+    _check_range("--cfg", args.cfg, 0.0, MAX_GUIDANCE)
     _check_device(args.device)
-    out = Path(args.out)
-    if out.is_dir():
-        raise UsageError(f"--out {out}: is a folder")
-    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        raise UsageError(f"--out {out}: folder {out.parent} does not exist or is not writable")
+    _check_out(Path(args.out), [args.image, args.last_image])
     if not args.demo:
         if not args.model or not args.image or args.prompt is None:
             raise UsageError("--model, --image and --prompt are required (or --demo)")
@@ -107,6 +115,29 @@ def _check_args(args):
             except ValueError as e:
                 raise UsageError(f"{flag} {e}") from None
     return frames, images
+
+
+def _check_out(out, inputs):
+    """--out must name a new or regular .mp4 file we can create beside it (as the video's temporary is made)."""
+    if out.suffix.lower() != ".mp4":
+        raise UsageError(f"--out {out}: the video is H.264 in an mp4 container; name the file .mp4")
+    if out.is_symlink():
+        raise UsageError(f"--out {out}: is a symbolic link; name the file itself (it is replaced, not written through)")
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder")
+    if out.exists() and not out.is_file():
+        raise UsageError(f"--out {out}: is not a regular file (a device, FIFO or socket); name a new or regular file")
+    for name in inputs:
+        if name and Path(name).exists() and out.exists() and os.path.samefile(name, out):
+            raise UsageError(f"--out {out}: is the input image {name}")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise UsageError(f"--out {out}: folder {out.parent} does not exist or is not writable")
+    try:  # the temporary that framepack_native.files.atomic_path makes: a name too long fails now, not at the end
+        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot create a file beside it ({e.strerror})") from None
 
 
 def _generate(args):
@@ -132,15 +163,18 @@ def _generate(args):
     if args.vae_tiling:
         pipe.vae.enable_tiling()  # diffusers' tiles and overlaps, as the official app on GPUs under 60 GB
 
-    bar = tqdm(desc="sampling", unit="step", file=sys.stderr)
+    bar = None  # made at the first step, so that lines printed while encoding come before it
 
     def progress(event):
+        nonlocal bar
         if event["kind"] == "step":
+            bar = bar or tqdm(desc="sampling", unit="step", file=sys.stderr)
             bar.total = event["sections"] * event["steps"]
             bar.set_postfix_str(f"section {event['section'] + 1}/{event['sections']}", refresh=False)
             bar.update(1)
 
     generator = torch.Generator().manual_seed(args.seed)
+    from framepack_native.pipeline import NonFiniteError
     try:
         video = pipe(image, prompt, preset=args.preset, last_image=images.get("--last-image"),
                      negative_prompt=args.negative_prompt, resolution=args.resolution, height=args.height,
@@ -149,8 +183,18 @@ def _generate(args):
                      num_inference_steps=args.steps, guidance_scale=args.guidance, true_cfg_scale=args.cfg,
                      generator=generator, sampling_type=args.sampling, sampler=args.sampler,
                      teacache=args.teacache, callback=progress)
+    except NonFiniteError as e:
+        if bar is not None:
+            bar.close()
+        if e.frames is None:
+            print(f"error: {e}; no section had finished, no video written", file=sys.stderr)
+        else:
+            path = write_mp4(args.out, e.frames[0], fps=FPS, crf=args.crf)
+            print(f"error: {e}; the {e.frames.shape[1]} frames of the finished sections are in {path}", file=sys.stderr)
+        return 1
     finally:
-        bar.close()  # before any error line, not after it
+        if bar is not None:
+            bar.close()  # before any error line, not after it
     path = write_mp4(args.out, video[0], fps=FPS, crf=args.crf)
     print(f"wrote {path} ({video.shape[1]} frames, {video.shape[-1]}x{video.shape[-2]}, {FPS} fps)")
     return 0
@@ -237,10 +281,18 @@ def main(argv=None):
     from weights_convert.core import ConversionError
 
     def command():
+        import warnings
+
         import torch
         args = _defaults(build_parser().parse_args(argv))
+        host_oom = "error: out of host memory (RAM); close other programs, or try a smaller --height / --width"
         try:
-            return args.func(args)
+            with warnings.catch_warnings():
+                warnings.showwarning = lambda message, *rest, **kw: print(f"warning: {message}", file=sys.stderr)
+                return args.func(args)
+        except MemoryError:
+            print(host_oom, file=sys.stderr)
+            return 1
         except torch.cuda.OutOfMemoryError as e:  # a RuntimeError, not bad input: one line and the usual remedies
             first = (str(e).strip() or "CUDA out of memory").splitlines()[0]
             if args.func is _generate:
@@ -248,6 +300,11 @@ def main(argv=None):
                             if not on] + ["a smaller --height / --width"]
                 first += f"; try {', '.join(remedies)}"
             print(f"error: {first}", file=sys.stderr)
+            return 1
+        except RuntimeError as e:
+            if "can't allocate memory" not in str(e) and "not enough memory" not in str(e):
+                raise  # torch's CPU allocator reports a failed allocation as a RuntimeError
+            print(host_oom, file=sys.stderr)
             return 1
 
     return run_command(command, (UsageError, CheckpointError, ConversionError, ValueError, OSError),

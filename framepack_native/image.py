@@ -52,11 +52,17 @@ def load_image(image):
     numpy (H, W, 3), torch (3, H, W) or (1, 3, H, W).
     """
     if isinstance(image, (str, Path)):
+        path = Path(image)
+        if path.exists() and not path.is_file():  # a FIFO would block open() forever, a device read without end
+            raise ValueError(f"{image}: cannot read image (not a regular file)")
         try:
-            with PIL.Image.open(image) as img:
+            with PIL.Image.open(path) as img:
+                img.load()  # decode now: a damaged image data chunk fails here, not later
                 return _to_rgb(PIL.ImageOps.exif_transpose(img))
-        except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
-            raise ValueError(f"{image}: cannot read image ({e})") from None
+        except Exception as e:  # noqa: BLE001 - PIL's decoders raise many types (SyntaxError, struct.error, ...)
+            plain = isinstance(e, (OSError, ValueError, PIL.Image.DecompressionBombError))
+            why = str(e) if plain else f"{type(e).__name__}: {e}"
+            raise ValueError(f"{image}: cannot read image ({why})".replace("\n", " ")) from None
     if isinstance(image, PIL.Image.Image):
         return _to_rgb(image)
     if isinstance(image, np.ndarray):

@@ -8,6 +8,7 @@ last-image posterior, then one noise tensor per section), so the same generator 
 """
 import contextlib
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,15 +21,28 @@ from framepack_native.models.loading import read_manifest
 from framepack_native.noise import randn
 from framepack_native.offload import on_device, streamed_blocks
 from framepack_native.presets import get_preset, resolve_dtypes, section_count
-from framepack_native.prompt import HIDDEN_STATE_INDEX, encode_prompt
+from framepack_native.prompt import CROP_START, HIDDEN_STATE_INDEX, HUNYUAN_TEMPLATE, MAX_SEQUENCE_LENGTH, encode_prompt
 from framepack_native.sampling import FlowMatchConfig, flow_sigmas, flux_sigmas, sample_euler, sample_unipc, shift_mu
 from framepack_native.sections import (HISTORY_SIZES, SAMPLING_TYPES, num_sections, padding_schedule, section_frame_indices,
                                        soft_append, split_history)
 from framepack_native.teacache import TeaCache
 from framepack_native.tokenizers import CLIPTokenizer, LlamaTokenizer
-from framepack_native.weights import CheckpointError
+from framepack_native.weights import CheckpointError, open_checkpoint
 
 SAMPLERS = ("euler", "unipc")
+
+
+class NonFiniteError(RuntimeError):
+    """A section's latents or frames went NaN / inf; `frames` holds the finished sections' frames
+    (B, F, 3, H, W) in [0, 1], or None when none had finished."""
+
+    def __init__(self, message, frames=None):
+        super().__init__(message)
+        self.frames = frames
+
+
+class PromptTruncated(UserWarning):
+    """A prompt longer than the Llama encoder's 256 tokens: only its first 256 condition the video."""
 
 
 def rescale_guidance(pred, pred_pos, rescale):
@@ -41,12 +55,18 @@ def rescale_guidance(pred, pred_pos, rescale):
 
 
 def check_arguments(prompt, last_image, height, width, num_frames, latent_window_size, num_inference_steps,
-                    sampling_type, sampler, seconds=None):
+                    sampling_type, sampler, seconds=None, negative_prompt=None):
     """Raise ValueError naming the culprit for generation arguments the pipeline cannot run (also used by the
     CLI before any model loads). height / width may both be None (the resolution bucket decides)."""
     if not isinstance(prompt, str) and not (isinstance(prompt, (list, tuple)) and prompt
                                             and all(isinstance(p, str) for p in prompt)):
         raise ValueError(f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}")
+    for name, texts in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+        for text in [texts] if isinstance(texts, str) else texts or []:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:  # undecodable bytes on a command line arrive as lone surrogates
+                raise ValueError(f"{name} is not valid UTF-8 text (at character {e.start})") from None
     if (height is None) != (width is None):
         raise ValueError(f"give both height and width or neither (the resolution bucket), got {height} x {width}")
     if height is not None and (height % 16 or width % 16 or height < 16 or width < 16):
@@ -121,7 +141,10 @@ class FramePackPipeline:
         folders = {name: root / entry["path"] for section in ("components", "aux")
                    for name, entry in manifest[section].items()}
 
-        # The small files first: a damaged one fails in a second, not after minutes of loading weights.
+        # The small files and every weight file's header first: a damaged or truncated one fails in a second,
+        # not after minutes of loading the other components.
+        for name in need:
+            open_checkpoint(folders[name])
         small = dict(tokenizer=LlamaTokenizer.from_pretrained(folders["tokenizer"]),
                      tokenizer_2=CLIPTokenizer.from_pretrained(folders["tokenizer_2"]),
                      image_processor=SiglipProcessorConfig.from_pretrained(folders["feature_extractor"]),
@@ -144,6 +167,14 @@ class FramePackPipeline:
         return on_device(module, self.device, self.offload)
 
     def _encode_text(self, prompts, dtype):
+        limit = CROP_START + MAX_SEQUENCE_LENGTH
+        if len(self.tokenizer.encode(HUNYUAN_TEMPLATE.format(""))) <= limit:  # (not the demo's byte tokenizer)
+            for text in prompts:
+                n = len(self.tokenizer.encode(HUNYUAN_TEMPLATE.format(text))) - CROP_START
+                if n > MAX_SEQUENCE_LENGTH:
+                    warnings.warn(PromptTruncated(
+                        f"the prompt is {n} tokens long with the template's end; only the first "
+                        f"{MAX_SEQUENCE_LENGTH} condition the video: {text[:40]!r}..."))
         llama = (streamed_blocks(self.text_encoder, self.device, ("layers",)) if self.offload
                  else contextlib.nullcontext())
         with llama, self._on_device(self.text_encoder_2):
@@ -206,7 +237,7 @@ class FramePackPipeline:
         sampling_type = sampling_type or self.sampling_type
         sampler = sampler or p.sampler
         check_arguments(prompt, last_image, height, width, num_frames, latent_window_size, num_inference_steps,
-                        sampling_type, sampler, seconds)
+                        sampling_type, sampler, seconds, negative_prompt)
         scales = {"guidance_scale": guidance_scale, "true_cfg_scale": true_cfg_scale,
                   "guidance_rescale": guidance_rescale, "teacache": 0.0 if teacache is None else teacache}
         for name, value in scales.items():
@@ -218,6 +249,9 @@ class FramePackPipeline:
             height, width = nearest_bucket(*image_size(image), resolution)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         B, dtype, device = len(prompts), self.transformer_dtype, self.device
+        if abs(guidance_scale) * 1000 > torch.finfo(dtype).max:  # the guidance embedding's input, x 1000
+            raise ValueError(f"guidance_scale {guidance_scale:g} x 1000 overflows the transformer's {dtype} "
+                             f"(at most {torch.finfo(dtype).max / 1000:g})")
         cfg = self.transformer.config
         if negative_prompt is None:
             negative_prompt = p.cfg_negative
@@ -290,7 +324,22 @@ class FramePackPipeline:
                     pred = rescale_guidance(pred_cfg.float(), pred.float(), guidance_rescale)
                 return pred.float()
 
+            def finished():
+                if video is None:
+                    return None
+                return (video.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4).cpu()  # (B, F, 3, H, W)
+
+            def check_finite(x, what, step=None):
+                if not bool(torch.isfinite(x).all()):
+                    at = f"section {k + 1}/{sections}"
+                    at += "" if step is None else f", step {step + 1}/{num_inference_steps}"
+                    raise NonFiniteError(f"non-finite {what} at {at} (an overflow: lower --guidance / --cfg, or use "
+                                         "--dtype bf16 / fp32)", finished())
+
             def on_step(d):
+                check_finite(d["x"], "latents", d["i"])
+                if "denoised" in d:
+                    check_finite(d["denoised"], "latents", d["i"])
                 if callback is not None:
                     callback({"kind": "step", "section": k, "sections": sections, "step": d["i"],
                               "steps": num_inference_steps, "latents": d["x"]})
@@ -308,6 +357,7 @@ class FramePackPipeline:
                     latents = sample_unipc(lambda x, s: x.float() - velocity(x, s) * s, noise, sigmas.to(device),
                                            callback=on_step)
             caches = None  # TeaCache's tensors (~0.2 GB a branch at 640x640) are not kept through the decode
+            check_finite(latents, "latents", num_inference_steps - 1)
 
             if sampling_type == "inverted_anti_drifting":
                 if last_section:
@@ -328,9 +378,12 @@ class FramePackPipeline:
 
             with self._on_device(self.vae):
                 if video is None:
-                    video = self.vae.decode(unscaled(real))
+                    current = self.vae.decode(unscaled(real))
+                    check_finite(current, "decoded frames")
+                    video = current
                 else:
                     current = self.vae.decode(unscaled(part))
+                    check_finite(current, "decoded frames")
                     video = (soft_append(current, video, overlap) if sampling_type == "inverted_anti_drifting"
                              else soft_append(video, current, overlap))
             if callback is not None:
