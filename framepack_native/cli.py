@@ -277,8 +277,6 @@ def _defaults(args):
 
 def main(argv=None):
     from framepack_native.interrupts import run_command
-    from framepack_native.weights import CheckpointError
-    from weights_convert.core import ConversionError
 
     def command():
         import warnings
@@ -307,8 +305,8 @@ def main(argv=None):
             print(host_oom, file=sys.stderr)
             return 1
 
-    return run_command(command, (UsageError, CheckpointError, ConversionError, ValueError, OSError),
-                       "no video written")
+    # CheckpointError and ConversionError are ValueErrors; importing them here would load torch outside the handling
+    return run_command(command, (UsageError, ValueError, OSError), "no video written")
 
 
 if __name__ == "__main__":

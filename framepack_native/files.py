@@ -1,7 +1,9 @@
 """The errors and file helpers that weights, configs, the converter and the video writer share: reading a JSON
 object, and one atomic write (temporary name in the target's folder, fsync, rename) for everything written."""
 import contextlib
+import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -32,6 +34,32 @@ def read_json(path):
     if not isinstance(doc, dict):
         raise CheckpointError(f"{path}: expected a JSON object at the top level, got {json_type(doc)}")
     return doc
+
+
+def sha256(path, chunk=16 * 1024 * 1024):
+    """The SHA-256 hex digest of a file, read `chunk` bytes at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# Config ranges: every real checkpoint with room to spare (the 13B transformer: hidden 3072, MLP 12288, 60 blocks;
+# Llama-3 8B: hidden 4096, MLP 14336, 32 layers, vocabulary 128320), and no model too large to describe.
+MAX_WIDTH = 65536          # any hidden size, MLP width, head count or dimension, channel count
+MAX_LAYERS = 1024          # any count of layers or blocks
+MAX_VOCAB = 2**24          # token vocabularies
+MAX_POSITIONS = 2**24      # position tables and trained contexts
+
+
+def check_range(name, value, low, high=math.inf, above=False):
+    """Raise ValueError naming the field unless value is a finite number with low <= value <= high (low < value
+    with above=True): the config ranges checked before any model is built."""
+    number = type(value) is int or type(value) is float and math.isfinite(value)  # not bool, NaN or infinity
+    if not (number and (low < value if above else low <= value) and value <= high):
+        bounds = (f"> {low}" if above else f">= {low}") + (f" and <= {high}" if high != math.inf else "")
+        raise ValueError(f"{name} must be {bounds}, got {value}")
 
 
 def file_mode(folder=False):

@@ -17,7 +17,7 @@ from framepack_native.image import (SiglipProcessorConfig, center_crop_uint8, lo
                                     siglip_pixels, siglip_pixels_uint8, to_uint8_picture, vae_pixels)
 from framepack_native.models import (CLIPTextEncoder, FramePackTransformer, HunyuanVideoVAE, LlamaTextEncoder,
                                      SiglipVisionEncoder)
-from framepack_native.models.loading import read_manifest
+from framepack_native.models.loading import check_manifest_files, read_manifest
 from framepack_native.noise import randn
 from framepack_native.offload import on_device, streamed_blocks
 from framepack_native.presets import get_preset, resolve_dtypes, section_count
@@ -149,6 +149,8 @@ class FramePackPipeline:
                      tokenizer_2=CLIPTokenizer.from_pretrained(folders["tokenizer_2"]),
                      image_processor=SiglipProcessorConfig.from_pretrained(folders["feature_extractor"]),
                      scheduler=FlowMatchConfig.from_file(folders["scheduler"] / "scheduler_config.json"))
+        for name in ("scheduler", "feature_extractor"):  # after they parse: a malformed one keeps its own message
+            check_manifest_files(folders[name])  # (the tokenizers check their own files)
 
         def load(cls_, name):
             return cls_.from_pretrained(folders[name], dtype=dtypes[name], device=load_device)

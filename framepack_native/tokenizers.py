@@ -13,6 +13,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_
 from tokenizers.models import BPE
 
 from framepack_native.configs import check_field, read_json
+from framepack_native.models.loading import check_manifest_files
 from framepack_native.weights import CheckpointError
 
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -119,38 +120,54 @@ class LlamaTokenizer:
 
     @classmethod
     def from_pretrained(cls, folder):
-        """Load from a pipeline's tokenizer/ folder: tokenizer.json, else tokenizer.model."""
-        folder = Path(folder)
+        """Load from a pipeline's tokenizer/ folder: tokenizer.json, else tokenizer.model. In a converted folder
+        the files are then checked against manifest.json; a damaged file is a CheckpointError naming it."""
+        tokenizer = cls._read(Path(folder))
+        check_manifest_files(folder)
+        return tokenizer
+
+    @classmethod
+    def _read(cls, folder):
         special, config = read_special_tokens(folder)
+        if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
+            raise CheckpointError(f"{folder}: no tokenizer.json or tokenizer.model")
+        if "pad_token" not in special:
+            raise CheckpointError(f"{folder}: the Llama tokenizer has no pad_token (tokenizer_config.json / "
+                                  "special_tokens_map.json); padding to max_length needs one")
         sides = config.get("padding_side", "right"), config.get("truncation_side", "right")
         add_bos, add_eos = config.get("add_bos_token"), config.get("add_eos_token")
         if (folder / "tokenizer.json").is_file():
             try:
                 tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
             except Exception as e:  # the Rust loader raises its own exception type
-                raise ValueError(f"{folder / 'tokenizer.json'}: not a valid tokenizers file ({e})") from None
+                raise CheckpointError(f"{folder / 'tokenizer.json'}: not a valid tokenizers file "
+                                      f"({' '.join(str(e).split())})") from None
             # tokenizer.json's post-processor decides BOS/EOS: transformers 5 drops the config flags then.
             add_bos = add_eos = None
-        elif (folder / "tokenizer.model").is_file():
+        else:
             raw = (folder / "tokenizer.model").read_bytes()
             first = raw.split(b"\n", 1)[0].split(b" ")
             if not (len(first) == 2 and first[1].isdigit()):
                 backend = SentencePieceBackend(folder / "tokenizer.model", add_bos=add_bos is not False,
                                                add_eos=bool(add_eos))
+                if backend.token_to_id(special["pad_token"].content) is None:
+                    raise CheckpointError(f"{folder}: pad_token {special['pad_token'].content!r} is not in the "
+                                          "vocabulary of tokenizer.model")
                 return cls(backend, special, *sides, config.get("model_max_length"))
             tokenizer = _from_tiktoken(raw, folder / "tokenizer.model")
-        else:
-            raise ValueError(f"{folder}: no tokenizer.json or tokenizer.model")
         for entry_id, entry in sorted((config.get("added_tokens_decoder") or {}).items(), key=lambda x: int(x[0])):
             if tokenizer.token_to_id(entry["content"]) is None:
                 _add_missing(tokenizer, [_token(entry)])
                 if tokenizer.token_to_id(entry["content"]) != int(entry_id):
-                    raise ValueError(f"{folder / 'tokenizer_config.json'}: added token {entry['content']!r} should "
-                                     f"have id {entry_id}, the vocabulary gives it "
-                                     f"{tokenizer.token_to_id(entry['content'])}")
+                    raise CheckpointError(f"{folder / 'tokenizer_config.json'}: added token {entry['content']!r} "
+                                          f"should have id {entry_id}, the vocabulary gives it "
+                                          f"{tokenizer.token_to_id(entry['content'])}")
         _add_missing(tokenizer, special.values())
         if add_bos is not None or add_eos is not None or tokenizer.post_processor is None:
-            tokenizer.post_processor = _bos_eos_template(tokenizer, special, bool(add_bos), bool(add_eos))
+            try:
+                tokenizer.post_processor = _bos_eos_template(tokenizer, special, bool(add_bos), bool(add_eos))
+            except ValueError as e:
+                raise CheckpointError(f"{folder / 'tokenizer_config.json'}: {e}") from None
         return cls(tokenizer, special, *sides, config.get("model_max_length"))
 
     def __call__(self, texts, max_length):
@@ -206,15 +223,23 @@ def _from_tiktoken(raw, path):
     Merges are recovered from the ranks: every split of a token into two ranked pieces is a merge of the
     token's rank (transformers' TikTokenConverter); with ignore_merges whole-word tokens match directly.
     """
-    ranks = {}
+    ranks, tokens = {}, {}
     for n, line in enumerate(raw.splitlines(), 1):
         if not line:
             continue
         try:
             token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
-        except ValueError:
-            raise ValueError(f"{path}: line {n} is not '<base64 token> <rank>'") from None
+            token, rank = base64.b64decode(token, validate=True), int(rank)
+        except ValueError:  # binascii.Error too
+            raise CheckpointError(f"{path}: line {n} is not '<base64 token> <rank>'") from None
+        if rank in tokens:
+            raise CheckpointError(f"{path}: line {n}: rank {rank} given twice")
+        if token in ranks:
+            raise CheckpointError(f"{path}: line {n}: its token is already ranked {ranks[token]}")
+        ranks[token], tokens[rank] = rank, token
+    if ranks and (min(tokens) != 0 or max(tokens) != len(tokens) - 1):
+        wrong = max(tokens) if max(tokens) != len(tokens) - 1 else min(tokens)
+        raise CheckpointError(f"{path}: ranks must be 0 .. {len(tokens) - 1}, got {wrong}")
     byte_char = _bytes_to_unicode()
 
     def encode(b):
@@ -240,7 +265,7 @@ def _from_tiktoken(raw, path):
     names += [f"<|reserved_special_token_{i}|>" for i in range(5, LLAMA3_NUM_RESERVED - 5)]
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in names])
     if tokenizer.token_to_id("<|eot_id|>") != n + 9:
-        raise ValueError(f"{path}: unexpected vocabulary size {n} for a Llama-3 tiktoken model")
+        raise CheckpointError(f"{path}: unexpected vocabulary size {n} for a Llama-3 tiktoken model")
     return tokenizer
 
 
@@ -255,8 +280,9 @@ class SentencePieceBackend:
         import sentencepiece
         try:
             self.sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
-        except (RuntimeError, OSError) as e:
-            raise ValueError(f"{path}: neither Llama-3 tiktoken ranks nor a SentencePiece model ({e})") from None
+        except Exception as e:  # sentencepiece's own exception types for a file it cannot parse
+            raise CheckpointError(f"{path}: neither Llama-3 tiktoken ranks nor a SentencePiece model "
+                                  f"({' '.join(str(e).split())})") from None
         self.prefix = [self.sp.bos_id()] if add_bos and self.sp.bos_id() >= 0 else []
         self.suffix = [self.sp.eos_id()] if add_eos and self.sp.eos_id() >= 0 else []
 
@@ -315,28 +341,45 @@ class CLIPTokenizer:
 
     @classmethod
     def from_pretrained(cls, folder):
-        """Load from a pipeline's tokenizer_2/ folder: vocab.json + merges.txt (else tokenizer.json's BPE)."""
-        folder = Path(folder)
+        """Load from a pipeline's tokenizer_2/ folder: vocab.json + merges.txt (else tokenizer.json's BPE). In a
+        converted folder the files are then checked against manifest.json; a damaged one is a CheckpointError."""
+        tokenizer = cls._read(Path(folder))
+        check_manifest_files(folder)
+        return tokenizer
+
+    @classmethod
+    def _read(cls, folder):
         special, config = read_special_tokens(folder)
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            vocab = read_json(folder / "vocab.json")
-            lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+            vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
+            vocab = read_json(vocab_file)
+            try:
+                lines = merges_file.read_bytes().decode("utf-8").splitlines()
+            except UnicodeDecodeError as e:
+                raise CheckpointError(f"{merges_file}: not UTF-8 text ({e})") from None
             if lines and lines[0].startswith("#version"):
                 lines = lines[1:]
             merges = [tuple(line.split(" ")) for line in lines if line]
         elif (folder / "tokenizer.json").is_file():
-            model = read_json(folder / "tokenizer.json").get("model", {})
-            check_field(folder / "tokenizer.json", "model", model, dict)
+            vocab_file = merges_file = folder / "tokenizer.json"
+            model = read_json(vocab_file).get("model", {})
+            check_field(vocab_file, "model", model, dict)
             vocab = model.get("vocab")
             merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) if isinstance(m, list) else (m,)
                       for m in model.get("merges") or []]
         else:
-            raise ValueError(f"{folder}: no vocab.json + merges.txt or tokenizer.json")
+            raise CheckpointError(f"{folder}: no vocab.json + merges.txt or tokenizer.json")
         bad = [m for m in merges if len(m) != 2 or not all(isinstance(p, str) for p in m)]
         if bad:
             raise CheckpointError(f"{folder}: malformed CLIP vocabulary (merge {bad[0]!r}: not a pair of strings)")
-        if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
+        if not isinstance(vocab, dict) or not all(type(i) is int for i in vocab.values()):
             raise CheckpointError(f"{folder}: malformed CLIP vocabulary (it must map tokens to integer ids)")
+        # what the BPE model would refuse with a bare Exception: a merge of, or into, a token not in the vocabulary
+        unknown = next(((a, b, t) for a, b in merges for t in (a, b, a + b) if t not in vocab), None)
+        if unknown:
+            fits = f"does not fit {vocab_file}" if merges_file != vocab_file else "its merges do not fit its vocabulary"
+            raise CheckpointError(f"{merges_file}: {fits} (merge {unknown[0]!r} {unknown[1]!r}: {unknown[2]!r} is not "
+                                  "in the vocabulary)")
         max_length = config.get("model_max_length") or 77
         return cls(vocab, merges, special, max_length if max_length <= 1_000_000 else 77,
                    config.get("padding_side", "right"), config.get("truncation_side", "right"))

@@ -5,10 +5,14 @@ length, a JSON header, then raw little-endian data); each tensor is read through
 map window, cast and moved, and the window closed, so peak host memory stays near one tensor.
 Pickle checkpoints are refused, never unpickled. The JSON files beside the weights: framepack_native.configs.
 """
+import collections
+import concurrent.futures
 import contextlib
+import hashlib
 import json
 import math
 import mmap
+import re
 import struct
 import warnings
 from pathlib import Path
@@ -16,10 +20,12 @@ from pathlib import Path
 import torch
 
 from framepack_native.files import (CheckpointError, atomic_path, file_mode, read_json,  # noqa: F401 (re-exported)
-                                    write_text_atomic)
+                                    sha256, write_text_atomic)
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # as the safetensors library
+MAX_TENSOR_BYTES = 2**63 - 1  # torch's sizes and byte counts are int64
 READ_CHUNK = 16 * 1024 * 1024
+HASH_THREAD_BYTES = 1024 * 1024  # windows at least this large are hashed on the hashing thread, beside their copy
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -33,8 +39,81 @@ def _itemsize(dtype):
     return torch.empty((), dtype=dtype).element_size()
 
 
+def _shown(value, limit=60):
+    """A parsed JSON value as a message shows it: JSON text, cut to `limit` characters."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class _Object(dict):
+    """A JSON object as parsed here: `repeated` is its first key given twice (json.loads keeps the last silently)."""
+
+    def __init__(self, pairs):
+        super().__init__(pairs)
+        counts = collections.Counter(k for k, _ in pairs) if len(self) < len(pairs) else {}
+        self.repeated = next((k for k, n in counts.items() if n > 1), None)
+
+
+def _parse_header(path, raw):
+    """The header's JSON: CheckpointError for bytes that are not UTF-8 JSON beginning with '{' or nest too deeply."""
+    if raw[:1] != b"{":
+        raise CheckpointError(f"{path}: header does not begin with '{{' (not a safetensors file?)")
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_Object)
+    except RecursionError:
+        raise CheckpointError(f"{path}: header is not valid JSON (nested too deeply)") from None
+    except (UnicodeDecodeError, ValueError) as e:  # ValueError: JSONDecodeError, integers of over 4300 digits
+        raise CheckpointError(f"{path}: header is not valid JSON ({e})") from None
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_entry(path, name, info, data_len):
+    """(dtype, shape, start, end) of one header entry, every number checked before it is used."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CheckpointError(f"{path}: tensor name {name!r} is not valid UTF-8") from None
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry (needs dtype, shape and "
+                              f"data_offsets), got {_shown(info)}")
+    if info.repeated is not None:
+        raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry: key {info.repeated!r} "
+                              "appears twice in it")
+    dtype_name, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
+        raise CheckpointError(f"{path}: tensor {name!r} has dtype {_shown(dtype_name)}, which is not supported")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise CheckpointError(f"{path}: tensor {name!r} has an invalid shape {_shown(shape)} (a list of sizes >= 0)")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_int, offsets))
+            and 0 <= offsets[0] <= offsets[1]):
+        raise CheckpointError(f"{path}: tensor {name!r} has invalid data offsets {_shown(offsets)} (a pair "
+                              "0 <= start <= end)")
+    dtype, (start, end) = DTYPES[dtype_name], offsets
+    if end > data_len:
+        raise CheckpointError(f"{path}: tensor {name!r} ends at byte {end} past the data section ({data_len} "
+                              "bytes): truncated file?")
+    # torch multiplies every size, an empty dimension or not: an empty tensor can still overflow int64
+    if math.prod(d for d in shape if d) * _itemsize(dtype) > MAX_TENSOR_BYTES:
+        raise CheckpointError(f"{path}: tensor {name!r} has shape {_shown(shape)}: its sizes multiply past "
+                              f"2**63 - 1 bytes of {dtype_name}, more than torch can address")
+    if end - start != math.prod(shape) * _itemsize(dtype):
+        raise CheckpointError(f"{path}: tensor {name!r} spans {end - start} bytes but shape {shape} of {dtype_name} "
+                              f"needs {math.prod(shape) * _itemsize(dtype)}")
+    return dtype, tuple(shape), start, end
+
+
 def read_header(path):
-    """Parse and validate a safetensors header. Returns ({name: (dtype, shape, start, end)}, data_start, metadata)."""
+    """Parse and validate a safetensors header. Returns ({name: (dtype, shape, start, end)}, data_start, metadata).
+
+    Refused with a CheckpointError naming the file (and the tensor): a header that is not a JSON object starting
+    with '{', nests too deeply, repeats a key or has a `__metadata__` that is not an object of strings; a tensor
+    with an unknown dtype, a size that is not an integer >= 0 (booleans and floats are not), sizes whose product
+    passes 2**63 - 1 bytes, offsets that are not a pair of integers 0 <= start <= end inside the data section,
+    a byte count that does not match the shape, or bytes shared with another tensor.
+    """
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -47,35 +126,18 @@ def read_header(path):
         if 8 + n > size:
             raise CheckpointError(f"{path}: header length {n} runs past the end of the file ({size} bytes)")
         raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: header is not valid JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
+    header = _parse_header(path, raw)  # an object: JSON that begins with '{' and parses is one
+    if header.repeated is not None:
+        raise CheckpointError(f"{path}: tensor {header.repeated!r} appears twice in the header")
+    metadata = header.pop("__metadata__", _Object([]))
+    if (not isinstance(metadata, dict) or metadata.repeated is not None
+            or not all(isinstance(v, str) for v in metadata.values())):
+        raise CheckpointError(f"{path}: __metadata__ must be an object of strings, got {_shown(metadata)}")
     data_start, data_len = 8 + n, size - 8 - n
     entries, spans = {}, []
     for name, info in header.items():
-        try:
-            dtype_name, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
-        except (TypeError, KeyError, ValueError):
-            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry") from None
-        if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype_name!r}, which is not supported")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise CheckpointError(f"{path}: tensor {name!r} has an invalid shape {shape}")
-        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
-            raise CheckpointError(f"{path}: tensor {name!r} has invalid data offsets {[start, end]}")
-        if end > data_len:
-            raise CheckpointError(
-                f"{path}: tensor {name!r} ends at byte {end} past the data section ({data_len} bytes): truncated file?")
-        dtype = DTYPES[dtype_name]
-        if end - start != math.prod(shape) * _itemsize(dtype):
-            raise CheckpointError(
-                f"{path}: tensor {name!r} spans {end - start} bytes but shape {shape} of {dtype_name} needs "
-                f"{math.prod(shape) * _itemsize(dtype)}")
-        entries[name] = (dtype, tuple(shape), start, end)
+        entries[name] = _check_entry(path, name, info, data_len)
+        _, _, start, end = entries[name]
         if end > start:
             spans.append((start, end, name))
     spans.sort()
@@ -91,10 +153,52 @@ def _refuse_pickle(path):
         "convert it to safetensors first")
 
 
-class Checkpoint:
-    """A read-only view of one safetensors file or a folder of them; tensors are read one at a time."""
+def checksum_error(path, manifest):
+    """The CheckpointError for a file of a converted folder whose SHA-256 differs from its manifest's."""
+    manifest = Path(manifest)
+    return CheckpointError(f"{path}: checksum differs from {manifest.name}: damaged or modified (re-convert, or "
+                           f"python -m weights_convert --verify {manifest.parent})")
 
-    def __init__(self, files):
+
+class _Digest:
+    """The SHA-256 of one file, fed the byte ranges the reader maps; the bytes between them (the header) are read
+    here. Ranges in file order, as a converted folder's are loaded, are hashed as they are copied, without a second
+    read; any other order falls back to hashing the whole file again at the end."""
+
+    def __init__(self, path, expected):
+        self.path, self.expected = path, expected
+        self.sha, self.pos = hashlib.sha256(), 0  # pos: bytes hashed so far; None once a range came out of order
+
+    def _read_to(self, end):
+        with open(self.path, "rb") as f:
+            f.seek(self.pos)
+            while self.pos < end and (block := f.read(min(READ_CHUNK, end - self.pos))):
+                self.sha.update(block)
+                self.pos += len(block)
+
+    def feed(self, start, buffer):
+        if self.pos is None or start < self.pos:
+            self.pos = None
+            return
+        self._read_to(start)
+        self.sha.update(buffer)
+        self.pos += len(buffer)
+
+    def matches(self):
+        if self.pos is None:
+            return sha256(self.path) == self.expected
+        self._read_to(self.path.stat().st_size)
+        return self.sha.hexdigest() == self.expected
+
+
+class Checkpoint:
+    """A read-only view of one safetensors file or a folder of them; tensors are read one at a time.
+
+    checksums: {file: SHA-256 hex digest} (a converted folder's manifest.json, named by `manifest`) to check the
+    files against while they are read; check_checksums() then refuses a file that differs.
+    """
+
+    def __init__(self, files, checksums=None, manifest=None):
         self.files = [Path(f) for f in files]
         self._index = {}  # name -> (file, dtype, shape, absolute start, absolute end)
         for path in self.files:
@@ -103,6 +207,24 @@ class Checkpoint:
                 if name in self._index:
                     raise CheckpointError(f"{path}: tensor {name!r} also stored in {self._index[name][0]}")
                 self._index[name] = (path, dtype, shape, data_start + start, data_start + end)
+        self.manifest = Path(manifest) if manifest else None
+        self._digests = {Path(f): _Digest(Path(f), d) for f, d in (checksums or {}).items()}
+        # hashing runs on its own thread (hashlib releases the GIL), beside the copy of the same window
+        self._hasher = concurrent.futures.ThreadPoolExecutor(1, "sha256") if self._digests else None
+
+    def check_checksums(self):
+        """Finish the checksums of every file given one (bytes not yet read are hashed now); a file that differs
+        from its manifest entry is a CheckpointError naming it."""
+        if self._hasher is not None:
+            self._hasher.shutdown()
+        for path, digest in self._digests.items():
+            if not digest.matches():
+                raise checksum_error(path, self.manifest or path.parent / "manifest.json")
+
+    @property
+    def where(self):
+        """How messages name the checkpoint: its file, or the folder of its shards."""
+        return self.files[0].parent if len(self.files) > 1 else self.files[0]
 
     def keys(self):
         return list(self._index)
@@ -128,18 +250,36 @@ class Checkpoint:
 
     @contextlib.contextmanager
     def _window(self, path, start, end):
-        """Bytes [start, end) of a file as a read-only uint8 tensor over its own memory map, valid in the block."""
+        """Bytes [start, end) of a file as a read-only uint8 tensor over its own memory map, valid in the block.
+
+        A file with a checksum to check has the same bytes hashed meanwhile, on the hashing thread."""
         base = start - start % mmap.ALLOCATIONGRANULARITY
-        with open(path, "rb") as f:
-            mm = mmap.mmap(f.fileno(), end - base, offset=base, access=mmap.ACCESS_READ)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # read-only buffer: we only ever copy out of it
-                raw = torch.frombuffer(mm, dtype=torch.uint8, count=end - start, offset=start - base)
-            yield raw
-            del raw
+            with open(path, "rb") as f:
+                mm = mmap.mmap(f.fileno(), end - base, offset=base, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: bytes {start}..{end} cannot be read ({e}): changed since it was "
+                                  "opened?") from None
+        digest = self._digests.get(path)
+        try:
+            with memoryview(mm) as whole, whole[start - base:] as window:
+                hashed = None
+                if digest and end - start < HASH_THREAD_BYTES:
+                    digest.feed(start, window)  # a thread hand-off costs more than hashing a small window
+                elif digest:
+                    hashed = self._hasher.submit(digest.feed, start, window)
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # read-only buffer: we only ever copy out of it
+                        raw = torch.frombuffer(mm, dtype=torch.uint8, count=end - start, offset=start - base)
+                    yield raw
+                    del raw
+                finally:
+                    if hashed:
+                        hashed.result()  # done with the window before it is unmapped
         finally:
-            mm.close()
+            with contextlib.suppress(BufferError):  # a copy that failed may still hold its view: unmapped with it
+                mm.close()
 
     def get(self, name, dtype=None, device="cpu"):
         """Read one tensor, cast to dtype, on device: one allocation, filled chunk by chunk from the file."""
@@ -214,11 +354,11 @@ def checkpoint_files(path):
     return files
 
 
-def open_checkpoint(path):
-    """Open a safetensors file or folder (sharded with an index, or plain) as a Checkpoint."""
+def open_checkpoint(path, checksums=None, manifest=None):
+    """Open a safetensors file or folder (sharded with an index, or plain) as a Checkpoint (checksums: see there)."""
     path = Path(path)
     files = checkpoint_files(path)
-    ckpt = Checkpoint(files)
+    ckpt = Checkpoint(files, checksums, manifest)
     index = sorted(path.glob("*.safetensors.index.json")) if path.is_dir() else []
     if index:
         missing = sorted(set(_weight_map(index[0])) - set(ckpt.keys()))
@@ -253,6 +393,21 @@ def check_keys(expected, found, where):
         raise CheckpointError(f"{where}: tensors do not match the model: " + "; ".join(parts))
 
 
+def check_layer_counts(counts, keys, config_path, where, error=CheckpointError):
+    """Refuse a config whose layer counts differ from the layers a checkpoint holds, before any model is built.
+
+    counts: {(config field, key prefix): layers the config asks for}, e.g. {("num_hidden_layers", "layers"): 32};
+    keys: the checkpoint's (native) tensor names, a layer of prefix P being the keys P.<i>.*.
+    """
+    for (field, prefix), n in counts.items():
+        rx = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+        found = sorted({int(m.group(1)) for m in map(rx.match, keys) if m})
+        if len(found) != n:
+            held = f"{len(found)} ({prefix}.{found[0]} .. {prefix}.{found[-1]})" if found else f"no {prefix}.N"
+            off = f"{n - len(found)} missing" if len(found) < n else f"{len(found) - n} unexpected"
+            raise error(f"{config_path}: field {field!r} asks for {n} {prefix}.N, but {where} holds {held}: {off}")
+
+
 def check_dtype(stored, expected, where, name):
     """Raise CheckpointError unless a stored dtype can fill a model tensor: floating for floating, else the same."""
     if stored == expected or stored.is_floating_point and expected.is_floating_point:
@@ -264,10 +419,9 @@ def check_dtype(stored, expected, where, name):
 
 def check_checkpoint(model, checkpoint):
     """Raise one CheckpointError if the checkpoint's names, shapes or dtypes do not fit `model`'s state dict."""
-    where = checkpoint.files[0].parent if len(checkpoint.files) > 1 else checkpoint.files[0]
     model_state = model.state_dict(keep_vars=True)
     check_keys({k: tuple(v.shape) for k, v in model_state.items()},
-               {k: checkpoint.shape(k) for k in checkpoint.keys()}, where)
+               {k: checkpoint.shape(k) for k in checkpoint.keys()}, checkpoint.where)
     for name, t in model_state.items():
         check_dtype(checkpoint.dtype(name), t.dtype, checkpoint.file(name), name)
 
@@ -275,7 +429,8 @@ def check_checkpoint(model, checkpoint):
 def load_state(model, checkpoint, dtype=None, device="cpu"):
     """Load a checkpoint into `model` (typically built on the meta device): strict, assign, tensor by tensor.
 
-    Floating tensors are cast to dtype (None keeps the stored one); integer tensors keep theirs.
+    Floating tensors are cast to dtype (None keeps the stored one); integer tensors keep theirs. A checkpoint
+    opened with checksums is checked after the last tensor is read, before any is assigned to the model.
     """
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = open_checkpoint(checkpoint)
@@ -285,6 +440,7 @@ def load_state(model, checkpoint, dtype=None, device="cpu"):
     for name in expected:
         floating = checkpoint.dtype(name).is_floating_point
         state[name] = checkpoint.get(name, dtype=dtype if floating else None, device=device)
+    checkpoint.check_checksums()
     model.load_state_dict(state, strict=True, assign=True)
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftover:

@@ -305,3 +305,115 @@ def test_model_index_must_be_an_object(tmp_path, capsys):
     assert convert_main([str(tmp_path / "src"), str(tmp_path / "dst")]) == 2
     index = tmp_path / "src" / "model_index.json"
     assert capsys.readouterr().err == f"error: {index}: expected a JSON object at the top level, got a list\n"
+
+
+# --- config ranges and layer counts, checked before any model is built (issue 22) ---------------------------------
+
+def _config_classes():
+    from framepack_native.models.clip import CLIPTextConfig
+    from framepack_native.models.llama import LlamaConfig
+    from framepack_native.models.siglip import SiglipVisionConfig
+    from framepack_native.models.transformer import FramePackTransformerConfig
+    return LlamaConfig, CLIPTextConfig, SiglipVisionConfig, HunyuanVideoVAEConfig, FramePackTransformerConfig
+
+
+def test_every_real_config_is_in_range():
+    for config_class in _config_classes():
+        config_class()  # the defaults are the real checkpoints' configs
+
+
+@pytest.mark.parametrize("config_class, fields, message", [
+    ("LlamaConfig", {"hidden_size": -32}, "hidden_size must be >= 1 and <= 65536, got -32"),
+    ("LlamaConfig", {"hidden_size": 2**40}, "hidden_size must be >= 1 and <= 65536, got 1099511627776"),
+    ("LlamaConfig", {"num_hidden_layers": 300_000}, "num_hidden_layers must be >= 1 and <= 1024, got 300000"),
+    ("LlamaConfig", {"vocab_size": 2**30}, "vocab_size must be >= 1 and <= 16777216"),
+    ("LlamaConfig", {"num_key_value_heads": 0}, "num_key_value_heads must be >= 1"),
+    ("LlamaConfig", {"rms_norm_eps": -1.0}, "rms_norm_eps must be > 0, got -1.0"),
+    ("LlamaConfig", {"rms_norm_eps": 0.0}, "rms_norm_eps must be > 0, got 0.0"),
+    ("LlamaConfig", {"rope_theta": 0.0}, "rope_theta must be > 0"),
+    ("LlamaConfig", {"num_attention_heads": 4096, "num_key_value_heads": 8},
+     "num_attention_heads x head_dim must be >= 1 and <= 65536, got 524288"),
+    ("CLIPTextConfig", {"hidden_size": -32}, "hidden_size must be >= 1 and <= 65536, got -32"),
+    ("CLIPTextConfig", {"hidden_size": 2**40}, "hidden_size must be >= 1 and <= 65536"),
+    ("CLIPTextConfig", {"max_position_embeddings": 2**62}, "max_position_embeddings must be >= 1 and <= 16777216"),
+    ("CLIPTextConfig", {"eos_token_id": 49408}, "eos_token_id must be >= 0 and <= 49407, got 49408"),
+    ("CLIPTextConfig", {"layer_norm_eps": 0}, "layer_norm_eps must be > 0"),
+    ("SiglipVisionConfig", {"hidden_size": -32}, "hidden_size must be >= 1 and <= 65536, got -32"),
+    ("SiglipVisionConfig", {"num_hidden_layers": 0}, "num_hidden_layers must be >= 1"),
+    ("SiglipVisionConfig", {"image_size": 60000, "patch_size": 1}, "(image_size // patch_size)^2 positions must be"),
+    ("HunyuanVideoVAEConfig", {"norm_num_groups": -4}, "norm_num_groups must be >= 1 and <= 65536, got -4"),
+    ("HunyuanVideoVAEConfig", {"layers_per_block": 300_000}, "layers_per_block must be >= 1 and <= 1024"),
+    ("HunyuanVideoVAEConfig", {"block_out_channels": [128, -256, 512, 512]}, "block_out_channels must be >= 1"),
+    ("HunyuanVideoVAEConfig", {"scaling_factor": 0.0}, "scaling_factor must be > 0"),
+    ("FramePackTransformerConfig", {"num_attention_heads": 2**40}, "num_attention_heads must be >= 1 and <= 65536"),
+    ("FramePackTransformerConfig", {"num_single_layers": 300_000}, "num_single_layers must be >= 0 and <= 1024"),
+    ("FramePackTransformerConfig", {"num_attention_heads": 1024},
+     "num_attention_heads x attention_head_dim must be >= 1 and <= 65536, got 131072"),
+    ("FramePackTransformerConfig", {"mlp_ratio": 1e-6}, "the MLP width int(hidden_dim x mlp_ratio) must be >= 1"),
+    ("FramePackTransformerConfig", {"mlp_ratio": 100.0}, "the MLP width int(hidden_dim x mlp_ratio) must be"),
+])
+def test_config_ranges_are_checked_naming_the_file_and_field(config_class, fields, message):
+    config_class = {c.__name__: c for c in _config_classes()}[config_class]
+    with pytest.raises(CheckpointError) as info:
+        config_from_dict(config_class, fields, "c.json")
+    assert str(info.value).startswith(f"c.json: {config_class.__name__}: ") and message in str(info.value)
+
+
+def _native_folder(cls, config, path):
+    with torch.device("meta"):
+        model = cls(config)
+    save_pretrained(model.to_empty(device="cpu"), path)
+    return path
+
+
+def _edit_config(path, **fields):
+    doc = json.loads((path / "config.json").read_text())
+    doc["config"].update(fields)
+    (path / "config.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("cls, config, field, value, prefix, held", [
+    (LlamaTextEncoder, "LlamaConfig", "num_hidden_layers", 1000, "layers", "2 (layers.0 .. layers.1): 998 missing"),
+    (CLIPTextEncoder, "CLIPTextConfig", "num_hidden_layers", 3, "layers", "2 (layers.0 .. layers.1): 1 missing"),
+    (SiglipVisionEncoder, "SiglipVisionConfig", "num_hidden_layers", 1, "layers",
+     "2 (layers.0 .. layers.1): 1 unexpected"),
+    (FramePackTransformer, "FramePackTransformerConfig", "num_single_layers", 900, "single_blocks",
+     "2 (single_blocks.0 .. single_blocks.1): 898 missing"),
+    (FramePackTransformer, "FramePackTransformerConfig", "num_layers", 0, "double_blocks",
+     "2 (double_blocks.0 .. double_blocks.1): 2 unexpected"),
+    (HunyuanVideoVAE, "HunyuanVideoVAEConfig", "layers_per_block", 1000, "encoder.down_blocks.0.resnets",
+     "1 (encoder.down_blocks.0.resnets.0 .. encoder.down_blocks.0.resnets.0): 999 missing"),
+])
+def test_layer_counts_are_compared_with_the_checkpoint_before_the_model_is_built(tmp_path, monkeypatch, cls, config,
+                                                                                  field, value, prefix, held):
+    config_class = {c.__name__: c for c in _config_classes()}[config]
+    path = _native_folder(cls, config_class.tiny(), tmp_path / "m")
+    _edit_config(path, **{field: value})
+    monkeypatch.setattr(cls, "__init__", lambda *a: pytest.fail("the model was built"))
+    with pytest.raises(CheckpointError) as info:
+        cls.from_pretrained(path, dtype=torch.float32, device="cpu")
+    expected = (f"{path / 'config.json'}: field {field!r} asks for {value} {prefix}.N, but "
+                f"{path / 'model.safetensors'} holds {held}")
+    assert str(info.value) == expected
+
+
+def test_a_source_config_claiming_more_layers_than_its_checkpoint_is_refused_before_building(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    state = {}
+    for i in range(2):
+        state.update({f"layers.{i}.self_attn.{x}_proj.weight": torch.zeros(w, 64) for x, w in
+                      (("q", 64), ("k", 32), ("v", 32), ("o", 64))})
+        state.update({f"layers.{i}.mlp.{x}_proj.weight": torch.zeros(96, 64) for x in ("gate", "up")})
+        state[f"layers.{i}.mlp.down_proj.weight"] = torch.zeros(64, 96)
+        state.update({f"layers.{i}.{n}.weight": torch.zeros(64) for n in ("input_layernorm",
+                                                                        "post_attention_layernorm")})
+    state.update({"embed_tokens.weight": torch.zeros(320, 64), "norm.weight": torch.zeros(64)})
+    safetensors.torch.save_file(state, src / "model.safetensors")
+    (src / "config.json").write_text(json.dumps({**LLAMA_SRC, "num_hidden_layers": 1000}))
+    monkeypatch.setattr(LlamaTextEncoder, "__init__", lambda *a: pytest.fail("the model was built"))
+    with pytest.raises(ConversionError) as info:
+        convert(src, tmp_path / "dst")
+    assert str(info.value) == (f"{src / 'config.json'}: field 'num_hidden_layers' asks for 1000 layers.N, but {src} "
+                               "holds 2 (layers.0 .. layers.1): 998 missing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

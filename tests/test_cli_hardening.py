@@ -8,6 +8,7 @@ monkeypatch inside the process (then `main` in this one).
 import io
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -45,7 +46,16 @@ def picture(tmp_path):
 
 
 def test_out_device_fifo_or_symlink_is_refused_and_left_alone(tmp_path, picture):
-    one_error(*generate("--image", picture, "--out", "/dev/null"), "the video is H.264 in an mp4 container")
+    # never /dev/null itself: a regression run as root would replace the machine's /dev/null with an mp4
+    try:
+        device = tmp_path / "null.mp4"
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers, under our own name
+    except PermissionError:
+        device = None  # not root: the FIFO below is the case a user can make
+    if device is not None:
+        one_error(*generate("--image", picture, "--out", device), "is not a regular file (a device, FIFO or socket)")
+        assert device.is_char_device()
+    one_error(*generate("--image", picture, "--out", tmp_path / "null"), "the video is H.264 in an mp4 container")
     fifo = tmp_path / "pipe.mp4"
     os.mkfifo(fifo)
     one_error(*generate("--image", picture, "--out", fifo), "is not a regular file (a device, FIFO or socket)")
@@ -56,7 +66,6 @@ def test_out_device_fifo_or_symlink_is_refused_and_left_alone(tmp_path, picture)
     link.symlink_to(target)
     one_error(*generate("--image", picture, "--out", link), "is a symbolic link")
     assert link.is_symlink() and target.read_bytes() == b"mine"
-    assert Path("/dev/null").is_char_device()
 
 
 def test_out_must_be_mp4_and_not_the_input(tmp_path):

@@ -120,13 +120,30 @@ def test_damaged_config_in_a_converted_folder_named(converted, tmp_path, file, t
     assert str(info.value).startswith(f"{root / file}: ") and message in str(info.value), str(info.value)
 
 
-def test_f1_download_defaults_to_vanilla(download, tmp_path):
+def _sampling(dst):
+    manifest = json.loads((dst / "manifest.json").read_text())
+    return manifest["sampling_type"], manifest["sampling_type_source"]
+
+
+def test_f1_download_defaults_to_vanilla(download, tmp_path, capsys):
     f1 = tmp_path / "FramePack_F1_I2V_HY_20250503"
     shutil.copytree(download["transformer"], f1)
     assert main([str(f1), str(tmp_path / "out")]) == 0
-    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["sampling_type"] == "vanilla"
+    assert _sampling(tmp_path / "out") == ("vanilla", "folder name 'FramePack_F1_I2V_HY_20250503'")
+    assert capsys.readouterr().out == (f"wrote {tmp_path / 'out'} (sampling type vanilla: folder name "
+                                       "'FramePack_F1_I2V_HY_20250503')\n")
     assert main([str(f1), str(tmp_path / "out2"), "--sampling-type", "inverted_anti_drifting"]) == 0
-    assert json.loads((tmp_path / "out2" / "manifest.json").read_text())["sampling_type"] == "inverted_anti_drifting"
+    assert _sampling(tmp_path / "out2") == ("inverted_anti_drifting", "--sampling-type")
+
+
+def test_sampling_type_ignores_the_parent_folders(download, converted, tmp_path):
+    """An I2V transformer kept under a folder whose name says F1 is still inverted anti-drifting."""
+    i2v = tmp_path / "FramePack_F1_vs_I2V" / "FramePackI2V_HY"
+    shutil.copytree(download["transformer"], i2v)
+    assert main([str(i2v), str(tmp_path / "out")]) == 0
+    assert _sampling(tmp_path / "out") == ("inverted_anti_drifting",
+                                           "default (folder name 'FramePackI2V_HY' does not say F1)")
+    assert _sampling(converted) == ("inverted_anti_drifting", "default (folder name 'FramePackI2V_HY' does not say F1)")
 
 
 def _first_shard(folder):

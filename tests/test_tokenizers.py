@@ -3,6 +3,7 @@
 identical ids and masks on generated prompts (unicode, special tokens, long and truncated, empty).
 Also the prompt template + crop end to end against diffusers' HunyuanVideoFramepackPipeline methods.
 """
+import base64
 import json
 import shutil
 import types
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from framepack_native.prompt import CROP_START, HUNYUAN_TEMPLATE, encode_prompt
+from framepack_native.files import CheckpointError
 from framepack_native.tokenizers import CLIPTokenizer, LlamaTokenizer, _bytes_to_unicode
 from tests.reference.encoders import (hunyuan_template, build_clip,
                                       build_clip_tokenizer, build_llama, build_llama_tokenizer, clip_bpe_vocab,
@@ -132,7 +134,57 @@ def test_llama_errors(tmp_path):
     with pytest.raises(ValueError, match="no tokenizer.json or tokenizer.model"):
         LlamaTokenizer.from_pretrained(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{not json")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"pad_token": "<pad>"}))
     with pytest.raises(ValueError, match="tokenizer.json: not a valid tokenizers file"):
+        LlamaTokenizer.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"{not json", "not a valid tokenizers file (key must be a string"),
+    (json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a zz"]}}).encode(), "Token `zz` out of voc"),
+    (b'{"a": 1}', "not a valid tokenizers file"),
+    (b"\xff\xfe", "not a valid tokenizers file"),
+])
+def test_damaged_llama_tokenizer_json_is_one_checkpoint_error(tmp_path, content, message):
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"pad_token": "<pad>"}))
+    (tmp_path / "tokenizer.json").write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        LlamaTokenizer.from_pretrained(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path / 'tokenizer.json'}: ") and message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def _tiktoken_lines(n=300):
+    return b"".join(base64.b64encode(bytes([i % 256]) * (1 + i // 256)) + b" %d\n" % i for i in range(n))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda raw: raw.replace(b"AQ== 1", b"A!== 1"), "line 2 is not '<base64 token> <rank>'"),
+    (lambda raw: raw.replace(b"AQ== 1", b"AQ== x"), "line 2 is not '<base64 token> <rank>'"),
+    (lambda raw: raw.replace(b"AQ== 1", b"AQ== 0"), "rank 0 given twice"),
+    (lambda raw: raw.replace(b"AQ== 1", b"AA== 1"), "line 2: its token is already ranked 0"),
+    (lambda raw: raw.replace(b"AQ== 1", b"AQ== 900"), "ranks must be 0 .. 299, got 900"),
+    (lambda raw: b"\x00\x01 garbage", "neither Llama-3 tiktoken ranks nor a SentencePiece model"),
+    (lambda raw: b"", "neither Llama-3 tiktoken ranks nor a SentencePiece model"),
+])
+def test_damaged_tokenizer_model_is_one_checkpoint_error(tmp_path, edit, message):
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"pad_token": "<|end_of_text|>"}))
+    (tmp_path / "tokenizer.model").write_bytes(_tiktoken_lines())
+    LlamaTokenizer.from_pretrained(tmp_path)  # whole: loads
+    (tmp_path / "tokenizer.model").write_bytes(edit(_tiktoken_lines()))
+    with pytest.raises(CheckpointError) as info:
+        LlamaTokenizer.from_pretrained(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path / 'tokenizer.model'}: ") and message in str(info.value), info.value
+    assert "\n" not in str(info.value)
+
+
+def test_llama_config_problems_name_the_folder(tmp_path):
+    (tmp_path / "tokenizer.model").write_bytes(_tiktoken_lines())
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=f"{tmp_path}: the Llama tokenizer has no pad_token"):
+        LlamaTokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"pad_token": "<never seen>", "add_bos_token": True}))
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'tokenizer_config.json'}: add_bos_token is set but "):
         LlamaTokenizer.from_pretrained(tmp_path)
 
 
@@ -212,3 +264,40 @@ def test_encode_prompt_matches_diffusers(llama_pair, clip_pair, reference_store,
     assert torch.equal(mask, ref_mask.bool()) and mask[2].all() and not mask[1, 2:].any()
     assert rel_l2(embeds, ref_embeds) < 1e-4
     assert rel_l2(pooled, ref_pooled) < 1e-4
+
+
+def _clip_folder(tmp_path, merges):
+    vocab, _ = _small_clip_vocab()
+    folder = build_clip_tokenizer(tmp_path / "tokenizer_2", vocab, [])
+    (folder / "merges.txt").write_bytes(merges)
+    return folder
+
+
+@pytest.mark.parametrize("merges, message", [
+    (b"#version: 0.2\nt zz\n", "does not fit "),
+    (b"#version: 0.2\nt h\n\xff\xfe\n", "not UTF-8 text"),
+    (b"t h\nh t\n", "(merge 'h' 't': 'ht' is not in the vocabulary)"),
+])
+def test_damaged_merges_txt_is_one_checkpoint_error(tmp_path, merges, message):
+    folder = _clip_folder(tmp_path, merges)
+    with pytest.raises(CheckpointError) as info:
+        CLIPTokenizer.from_pretrained(folder)
+    assert str(info.value).startswith(f"{folder / 'merges.txt'}: ") and message in str(info.value), info.value
+    assert "\n" not in str(info.value)
+
+
+def test_clip_tokenizer_json_that_does_not_fit_is_one_checkpoint_error(tmp_path):
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"vocab": {"a": 0}, "merges": ["a b"]}}))
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'tokenizer.json'}: its merges do not fit its vocabulary"):
+        CLIPTokenizer.from_pretrained(tmp_path)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(merges=st.binary(max_size=40) | st.lists(st.sampled_from(["t", "h", "th", "e</w>", "zz", " ", "\n", "#"]),
+                                                max_size=12).map(lambda p: "".join(p).encode()))
+def test_any_merges_txt_gives_a_tokenizer_or_a_checkpoint_error(tmp_path_factory, merges):
+    folder = _clip_folder(tmp_path_factory.mktemp("clip_fuzz"), merges)
+    try:
+        CLIPTokenizer.from_pretrained(folder)("the cat")
+    except CheckpointError as e:
+        assert str(e).startswith(str(folder)) and "\n" not in str(e)

@@ -164,7 +164,7 @@ def apply_step(step, tensors):
 
 def planned_shape(step):
     """The native shape of a step, computed on the meta device."""
-    metas = [torch.empty(s, device="meta") for s in step.src_shapes]
+    metas = [torch.empty(s, dtype=torch.uint8, device="meta") for s in step.src_shapes]
     return tuple(apply_step(step, metas).shape)
 
 
@@ -207,10 +207,22 @@ def find_converter(config, where):
                           f"{', '.join(known) if known else 'no architectures yet'}")
 
 
-def check_plan(steps, expected, where):
-    """Compare the planned native shapes with the native model's state dict shapes ({key: shape})."""
+def check_plan(steps, expected, where, file_of=None):
+    """Compare the planned native shapes with the native model's state dict shapes ({key: shape}).
+
+    Sources whose shapes cannot make their tensor (q, k, v of different widths) are a ConversionError naming the
+    file (file_of(source key), else `where`) and the tensors."""
     from framepack_native.weights import check_keys
+    planned = {}
+    for step in steps:
+        try:
+            planned[step.dst] = planned_shape(step)
+        except (RuntimeError, IndexError, ValueError) as e:  # torch's messages for cat / chunk of such shapes
+            sources = ", ".join(f"{n!r} {shape}" for n, shape in zip(step.srcs, step.src_shapes))
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConversionError(f"{file_of(step.srcs[0]) if file_of else where}: tensors {sources} cannot make "
+                                  f"{step.dst!r} ({step.op}): {reason}") from None
     try:
-        check_keys(expected, {s.dst: planned_shape(s) for s in steps}, where)
+        check_keys(expected, planned, where)
     except CheckpointError as e:
         raise ConversionError(str(e)) from None

@@ -9,6 +9,7 @@ from einops import rearrange
 from torch import nn
 
 import kernels
+from framepack_native.files import MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH, check_range
 from framepack_native.models.activations import ACTIVATIONS, check_activation
 from framepack_native.models.llama import causal_attention
 from framepack_native.models.loading import load_pretrained
@@ -28,13 +29,21 @@ class CLIPTextConfig:
     eos_token_id: int = 2     # 2: legacy configs, pool at the highest token id; else the first eos_token_id
 
     def __post_init__(self):
+        sizes = {"vocab_size": MAX_VOCAB, "hidden_size": MAX_WIDTH, "intermediate_size": MAX_WIDTH,
+                 "num_hidden_layers": MAX_LAYERS, "num_attention_heads": MAX_WIDTH,
+                 "max_position_embeddings": MAX_POSITIONS}
+        for name, high in sizes.items():
+            check_range(name, getattr(self, name), 1, high)
+        check_range("layer_norm_eps", self.layer_norm_eps, 0, above=True)
+        check_range("eos_token_id", self.eos_token_id, 0, self.vocab_size - 1)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
                              f"num_attention_heads {self.num_attention_heads}")
         check_activation(self.hidden_act)
-        if min(self.vocab_size, self.max_position_embeddings, self.num_hidden_layers) < 1:
-            raise ValueError(f"sizes must be positive: vocab {self.vocab_size}, positions "
-                             f"{self.max_position_embeddings}, layers {self.num_hidden_layers}")
+
+    def layer_counts(self):
+        """{(field, key prefix): layers}, compared with a checkpoint's before the model is built."""
+        return {("num_hidden_layers", "layers"): self.num_hidden_layers}
 
     @classmethod
     def tiny(cls, **overrides):

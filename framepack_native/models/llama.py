@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from framepack_native.files import MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH, check_range
 from framepack_native.models.activations import ACTIVATIONS, check_activation
 from framepack_native.models.loading import load_pretrained
 
@@ -46,6 +47,15 @@ class LlamaConfig:
     hidden_act: str = "silu"              # the gate's activation (transformers' ACT2FN name)
 
     def __post_init__(self):
+        sizes = {"vocab_size": MAX_VOCAB, "hidden_size": MAX_WIDTH, "intermediate_size": MAX_WIDTH,
+                 "num_hidden_layers": MAX_LAYERS, "num_attention_heads": MAX_WIDTH, "num_key_value_heads": MAX_WIDTH,
+                 "head_dim": MAX_WIDTH, "rope_original_max_position_embeddings": MAX_POSITIONS}
+        for name, high in sizes.items():
+            check_range(name, getattr(self, name), 1, high)
+        check_range("num_attention_heads x head_dim", self.num_attention_heads * self.head_dim, 1, MAX_WIDTH)
+        for name in ("rms_norm_eps", "rope_theta", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
+                     "rope_attention_factor", "rope_beta_fast", "rope_beta_slow"):
+            check_range(name, getattr(self, name), 0, above=True)
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                              f"num_key_value_heads {self.num_key_value_heads}")
@@ -66,9 +76,10 @@ class LlamaConfig:
         if not 0 < self.rope_partial_factor <= 1:
             raise ValueError(f"rope_partial_factor must be in (0, 1], got {self.rope_partial_factor}")
         check_activation(self.hidden_act)
-        if min(self.vocab_size, self.hidden_size, self.intermediate_size, self.num_hidden_layers) < 1:
-            raise ValueError(f"sizes must be positive: vocab {self.vocab_size}, hidden {self.hidden_size}, "
-                             f"intermediate {self.intermediate_size}, layers {self.num_hidden_layers}")
+
+    def layer_counts(self):
+        """{(field, key prefix): layers}, compared with a checkpoint's before the model is built."""
+        return {("num_hidden_layers", "layers"): self.num_hidden_layers}
 
     @classmethod
     def tiny(cls, **overrides):

@@ -7,14 +7,15 @@ A converted pipeline root holds one such folder per component and a manifest.jso
 """
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import torch
 
 from framepack_native.configs import check_field, config_from_dict, read_json  # noqa: F401 (re-exported)
-from framepack_native.files import CheckpointError, write_text_atomic
+from framepack_native.files import CheckpointError, sha256, write_text_atomic
 from framepack_native.sections import SAMPLING_TYPES
-from framepack_native.weights import load_state, save_safetensors
+from framepack_native.weights import checksum_error, check_layer_counts, load_state, open_checkpoint, save_safetensors
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -84,6 +85,15 @@ def read_manifest(root):
     if doc.get("sampling_type") not in (None, *SAMPLING_TYPES):
         raise CheckpointError(f"{path}: field 'sampling_type' must be null or one of {SAMPLING_TYPES}, got "
                               f"{doc['sampling_type']!r}")
+    source = doc.get("sampling_type_source")  # absent in older manifests, null when nothing recorded it
+    if source is not None:
+        check_field(path, "sampling_type_source", source, str)
+        if not source.strip():
+            raise CheckpointError(f"{path}: field 'sampling_type_source' must name where 'sampling_type' came from, "
+                                  f"got {source!r}")
+        if doc.get("sampling_type") is None:
+            raise CheckpointError(f"{path}: field 'sampling_type_source' goes with a 'sampling_type', got "
+                                  f"{source!r} with no sampling type")
     return doc
 
 
@@ -103,6 +113,37 @@ def component_dir(path, class_name):
                           f"({MANIFEST}); convert checkpoints with `python -m weights_convert SRC DST`")
 
 
+def check_manifest_files(folder):
+    """Check the files the manifest.json of a converted root lists for `folder` (the root itself, path ".", or a
+    folder one level under it) against their SHA-256: each must exist, and every one but the weights is hashed now.
+
+    Returns (manifest path, {weights file: SHA-256}) for the weights reader to check as it reads them, or
+    (None, None) when no framepack_native manifest names the folder: a lone component folder has nothing to be
+    checked against. The environment variable FRAMEPACK_NATIVE_VERIFY=0 turns the check off (the hash costs about
+    a second per 1.3 GB of weights on one core: benchmarks/RESULTS.md).
+    """
+    folder = Path(folder)
+    if os.environ.get("FRAMEPACK_NATIVE_VERIFY", "1") == "0":
+        return None, None
+    for root in (folder, folder.parent):
+        path = root / MANIFEST
+        if not path.is_file() or read_json(path).get("format") != "framepack_native":
+            continue  # no manifest here, or someone else's manifest.json
+        manifest = read_manifest(root)
+        for section in ("components", "aux"):
+            for entry in manifest[section].values():
+                if (root / entry["path"]).resolve() != folder.resolve():
+                    continue
+                files = {folder / name: digest for name, digest in entry["files"].items()}
+                for file, digest in files.items():
+                    if not file.is_file():
+                        raise CheckpointError(f"{file}: missing (listed in {path})")
+                    if file.suffix != ".safetensors" and sha256(file) != digest:
+                        raise checksum_error(file, path)
+                return path, {f: d for f, d in files.items() if f.suffix == ".safetensors"}
+    return None, None
+
+
 def read_config(cls, folder):
     """The config dataclass stored in a native component folder's config.json."""
     path = Path(folder) / "config.json"
@@ -120,14 +161,27 @@ def read_config(cls, folder):
 
 
 def load_pretrained(cls, path, dtype=torch.bfloat16, device="cuda"):
-    """Build `cls` on the meta device from a native folder and load its weights (strict, assign). Eval mode."""
+    """Build `cls` on the meta device from a native folder and load its weights (strict, assign). Eval mode.
+
+    In a converted folder every file is checked against manifest.json's SHA-256 (the weights as they are read, at
+    no extra pass), and a difference is refused naming the file; a component folder without a manifest (written
+    by save_pretrained, or copied out of its root) is loaded unchecked, as is any with FRAMEPACK_NATIVE_VERIFY=0 in
+    the environment. The config's layer counts are compared with the checkpoint's before the model is built.
+    """
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating-point torch.dtype (e.g. torch.bfloat16), got {dtype!r}")
     folder = component_dir(path, cls.__name__)
     config = read_config(cls, folder)
+    manifest, checksums = check_manifest_files(folder)  # after the parse: a malformed file keeps its own message
+    checkpoint = open_checkpoint(folder, checksums=checksums, manifest=manifest)
+    unlisted = [f for f in checkpoint.files if checksums is not None and f not in checksums]
+    if unlisted:
+        raise CheckpointError(f"{unlisted[0]}: not listed in {manifest} (a file added after conversion?)")
+    counts = config.layer_counts() if hasattr(config, "layer_counts") else {}  # every native config has them
+    check_layer_counts(counts, checkpoint.keys(), folder / "config.json", checkpoint.where)
     with torch.device("meta"):
         model = cls(config)
-    load_state(model, folder, dtype=dtype, device=device)
+    load_state(model, checkpoint, dtype=dtype, device=device)
     return model.eval()
 
 

@@ -8,6 +8,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from framepack_native.files import MAX_LAYERS, MAX_POSITIONS, MAX_WIDTH, check_range
 from framepack_native.models.activations import check_activation
 from framepack_native.models.clip import EncoderBlock
 from framepack_native.models.loading import load_pretrained
@@ -27,12 +28,23 @@ class SiglipVisionConfig:
     layer_norm_eps: float = 1e-6
 
     def __post_init__(self):
+        sizes = {"hidden_size": MAX_WIDTH, "intermediate_size": MAX_WIDTH, "num_hidden_layers": MAX_LAYERS,
+                 "num_attention_heads": MAX_WIDTH, "num_channels": MAX_WIDTH, "image_size": MAX_WIDTH,
+                 "patch_size": MAX_WIDTH}
+        for name, high in sizes.items():
+            check_range(name, getattr(self, name), 1, high)
+        check_range("layer_norm_eps", self.layer_norm_eps, 0, above=True)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
                              f"num_attention_heads {self.num_attention_heads}")
-        if self.image_size < self.patch_size or self.patch_size < 1:
-            raise ValueError(f"image_size {self.image_size} must be at least patch_size {self.patch_size} >= 1")
+        if self.image_size < self.patch_size:
+            raise ValueError(f"image_size {self.image_size} must be at least patch_size {self.patch_size}")
+        check_range("(image_size // patch_size)^2 positions", self.num_patches, 1, MAX_POSITIONS)
         check_activation(self.hidden_act)
+
+    def layer_counts(self):
+        """{(field, key prefix): layers}, compared with a checkpoint's before the model is built."""
+        return {("num_hidden_layers", "layers"): self.num_hidden_layers}
 
     @property
     def num_patches(self):

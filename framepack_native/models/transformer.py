@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from framepack_native.files import MAX_LAYERS, MAX_WIDTH, check_range
 from framepack_native.models.loading import load_pretrained
 from framepack_native.models.transformer_blocks import DoubleStreamBlock, FinalLayer, SingleStreamBlock
 from framepack_native.models.transformer_embed import (
@@ -43,14 +44,16 @@ class FramePackTransformerConfig:
     rope_axes_dim: tuple = (16, 56, 56)
 
     def __post_init__(self):
-        positive = ("in_channels", "out_channels", "num_attention_heads", "attention_head_dim", "text_embed_dim",
-                    "pooled_projection_dim", "image_proj_dim")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        widths = ("in_channels", "out_channels", "num_attention_heads", "attention_head_dim", "text_embed_dim",
+                  "pooled_projection_dim", "image_proj_dim")
+        for name in widths:
+            check_range(name, getattr(self, name), 1, MAX_WIDTH)
         for name in ("num_layers", "num_single_layers", "num_refiner_layers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            check_range(name, getattr(self, name), 0, MAX_LAYERS)
+        check_range("num_attention_heads x attention_head_dim", self.hidden_dim, 1, MAX_WIDTH)
+        check_range("mlp_ratio", self.mlp_ratio, 0, above=True)
+        check_range("rope_theta", self.rope_theta, 0, above=True)
+        check_range("the MLP width int(hidden_dim x mlp_ratio)", int(self.hidden_dim * self.mlp_ratio), 1, MAX_WIDTH)
         if (self.patch_size, self.patch_size_t) != (2, 1):
             raise ValueError(f"FramePack's history embedder is built for patches (t, h, w) = (1, 2, 2), got "
                              f"patch_size_t={self.patch_size_t}, patch_size={self.patch_size}")
@@ -59,8 +62,11 @@ class FramePackTransformerConfig:
         if sum(self.rope_axes_dim) != self.attention_head_dim:
             raise ValueError(f"rope_axes_dim {self.rope_axes_dim} sums to {sum(self.rope_axes_dim)}, "
                              f"attention_head_dim is {self.attention_head_dim}")
-        if self.mlp_ratio <= 0 or self.rope_theta <= 0:
-            raise ValueError(f"mlp_ratio ({self.mlp_ratio}) and rope_theta ({self.rope_theta}) must be > 0")
+
+    def layer_counts(self):
+        """{(field, key prefix): layers}, compared with a checkpoint's before the model is built."""
+        return {("num_layers", "double_blocks"): self.num_layers, ("num_single_layers", "single_blocks"):
+                self.num_single_layers, ("num_refiner_layers", "txt_in.blocks"): self.num_refiner_layers}
 
     @property
     def hidden_dim(self):

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from framepack_native.files import MAX_LAYERS, MAX_WIDTH, check_range
 from framepack_native.models.activations import check_activation
 from framepack_native.models.loading import load_pretrained
 from framepack_native.models.vae_blocks import MEMORY_FORMAT, CausalConv3d, Decoder, Encoder
@@ -32,6 +33,13 @@ class HunyuanVideoVAEConfig:
     act_fn: str = "silu"                  # the ResNet blocks' activation (diffusers' get_activation names)
 
     def __post_init__(self):
+        for name in ("in_channels", "out_channels", "latent_channels", "norm_num_groups"):
+            check_range(name, getattr(self, name), 1, MAX_WIDTH)
+        check_range("layers_per_block", self.layers_per_block, 1, MAX_LAYERS)
+        check_range("the number of block_out_channels", len(self.block_out_channels), 1, MAX_LAYERS)
+        for c in self.block_out_channels:
+            check_range("block_out_channels", c, 1, MAX_WIDTH)
+        check_range("scaling_factor", self.scaling_factor, 0, above=True)
         check_activation(self.act_fn, "act_fn", names=ACT_FNS)
         for c in self.block_out_channels:
             if c % self.norm_num_groups:
@@ -44,8 +52,14 @@ class HunyuanVideoVAEConfig:
         if self.temporal_compression_ratio != 4 or len(self.block_out_channels) < 3:
             raise ValueError(f"temporal_compression_ratio must be 4 with at least 3 blocks, got "
                              f"{self.temporal_compression_ratio} with {len(self.block_out_channels)} blocks")
-        if self.layers_per_block < 1:
-            raise ValueError(f"layers_per_block must be >= 1, got {self.layers_per_block}")
+
+    def layer_counts(self):
+        """{(field, key prefix): layers}, compared with a checkpoint's before the model is built."""
+        blocks, n = len(self.block_out_channels), self.layers_per_block
+        return {("block_out_channels", "encoder.down_blocks"): blocks,
+                ("block_out_channels", "decoder.up_blocks"): blocks,
+                ("layers_per_block", "encoder.down_blocks.0.resnets"): n,
+                ("layers_per_block", "decoder.up_blocks.0.resnets"): n + 1}
 
     @classmethod
     def tiny(cls):

@@ -32,8 +32,10 @@ VAE = dict(latent_channels=LATENT_CHANNELS, block_out_channels=(8, 16, 16, 16), 
            norm_num_groups=4)
 
 
-def build_components(seed=0):
-    """The nine components of HunyuanVideoFramepackPipeline, random weights perturbed."""
+def build_components(seed=0, latent_channels=LATENT_CHANNELS):
+    """The nine components of HunyuanVideoFramepackPipeline, random weights perturbed.
+
+    latent_channels: 16 for the official app's code, which hard-codes the real VAE's 16."""
     import tempfile
 
     from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler,
@@ -60,13 +62,15 @@ def build_components(seed=0):
         image_encoder=perturb_(SiglipVisionModel(SiglipVisionConfig(**SIGLIP)).eval(), seed + 2),
         feature_extractor=SiglipImageProcessor(size={"height": SIGLIP_SIZE, "width": SIGLIP_SIZE}, resample=3,
                                                image_mean=[0.5] * 3, image_std=[0.5] * 3),
-        transformer=perturb_(HunyuanVideoFramepackTransformer3DModel(**TRANSFORMER).eval(), seed + 3),
-        vae=perturb_(AutoencoderKLHunyuanVideo(**VAE).eval(), seed + 4, rel=0.1),
+        transformer=perturb_(HunyuanVideoFramepackTransformer3DModel(
+            **dict(TRANSFORMER, in_channels=latent_channels, out_channels=latent_channels)).eval(), seed + 3),
+        vae=perturb_(AutoencoderKLHunyuanVideo(**dict(VAE, latent_channels=latent_channels)).eval(), seed + 4,
+                     rel=0.1),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
     )
 
 
-def build_pipeline(path, seed=0, layout="pipeline"):
+def build_pipeline(path, seed=0, layout="pipeline", latent_channels=LATENT_CHANNELS):
     """Save a random-weight pipeline under `path`; returns the folders a user would pass to weights_convert.
 
     "pipeline": {"src": path}. "download": {"src": path/"HunyuanVideo", "transformer": path/"FramePackI2V_HY",
@@ -75,7 +79,7 @@ def build_pipeline(path, seed=0, layout="pipeline"):
     from diffusers import HunyuanVideoFramepackPipeline
 
     path = Path(path)
-    parts = build_components(seed)
+    parts = build_components(seed, latent_channels)
     if layout == "pipeline":
         HunyuanVideoFramepackPipeline(**parts).save_pretrained(path)
         return {"src": path}
