@@ -22,6 +22,18 @@ MAX_GUIDANCE = 100.0       # --guidance and --cfg (the official app's sliders: 1
 SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
 
+STATE = {"unfinished": lambda: "no video written"}  # what a stop leaves, for the one line it prints
+
+
+def save_png(path, picture):
+    """Write an (H, W, 3) uint8 array as a PNG, atomically (a viewer never sees half a file)."""
+    import PIL.Image
+
+    from framepack_native.files import atomic_path
+    with atomic_path(path) as tmp:
+        PIL.Image.fromarray(picture).save(tmp, format="PNG")
+
+
 class UsageError(Exception):
     """Bad command-line input: printed as one line, exit code 2."""
 
@@ -102,6 +114,8 @@ def _check_args(args):
     _check_range("--cfg", args.cfg, 0.0, MAX_GUIDANCE)
     _check_device(args.device)
     _check_out(Path(args.out), [args.image, args.last_image])
+    if args.preview:
+        _check_out(Path(args.preview), [args.image, args.last_image], suffix=".png", what="--preview")
     if not args.demo:
         if not args.model or not args.image or args.prompt is None:
             raise UsageError("--model, --image and --prompt are required (or --demo)")
@@ -117,27 +131,30 @@ def _check_args(args):
     return frames, images
 
 
-def _check_out(out, inputs):
-    """--out must name a new or regular .mp4 file we can create beside it (as the video's temporary is made)."""
-    if out.suffix.lower() != ".mp4":
-        raise UsageError(f"--out {out}: the video is H.264 in an mp4 container; name the file .mp4")
+def _check_out(out, inputs, suffix=".mp4", what="--out"):
+    """--out must name a new or regular .mp4 file we can create beside it (as the video's temporary is made);
+    --preview the same with .png."""
+    if out.suffix.lower() != suffix:
+        raise UsageError(f"{what} {out}: " + ("the video is H.264 in an mp4 container; name the file .mp4"
+                                             if suffix == ".mp4" else "the preview is a PNG; name the file .png"))
     if out.is_symlink():
-        raise UsageError(f"--out {out}: is a symbolic link; name the file itself (it is replaced, not written through)")
+        raise UsageError(f"{what} {out}: is a symbolic link; name the file itself (it would be replaced, not written "
+                         "through)")
     if out.is_dir():
-        raise UsageError(f"--out {out}: is a folder")
+        raise UsageError(f"{what} {out}: is a folder")
     if out.exists() and not out.is_file():
-        raise UsageError(f"--out {out}: is not a regular file (a device, FIFO or socket); name a new or regular file")
+        raise UsageError(f"{what} {out}: is not a regular file (a device, FIFO or socket); name a new or regular file")
     for name in inputs:
         if name and Path(name).exists() and out.exists() and os.path.samefile(name, out):
-            raise UsageError(f"--out {out}: is the input image {name}")
+            raise UsageError(f"{what} {out}: is the input image {name}")
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        raise UsageError(f"--out {out}: folder {out.parent} does not exist or is not writable")
+        raise UsageError(f"{what} {out}: folder {out.parent} does not exist or is not writable")
     try:  # the temporary that framepack_native.files.atomic_path makes: a name too long fails now, not at the end
         fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise UsageError(f"--out {out}: cannot create a file beside it ({e.strerror})") from None
+        raise UsageError(f"{what} {out}: cannot create a file beside it ({e.strerror})") from None
 
 
 def _generate(args):
@@ -164,6 +181,7 @@ def _generate(args):
         pipe.vae.enable_tiling()  # diffusers' tiles and overlaps, as the official app on GPUs under 60 GB
 
     bar = None  # made at the first step, so that lines printed while encoding come before it
+    written = []  # frames in --out so far: every finished section replaces it with the whole video so far
 
     def progress(event):
         nonlocal bar
@@ -172,30 +190,33 @@ def _generate(args):
             bar.total = event["sections"] * event["steps"]
             bar.set_postfix_str(f"section {event['section'] + 1}/{event['sections']}", refresh=False)
             bar.update(1)
+            if args.preview and event["preview"] is not None:
+                save_png(args.preview, event["preview"].numpy())
+        else:  # a finished section: a complete, playable mp4 of everything so far (atomically replaced)
+            frames = event["video"]()
+            write_mp4(args.out, frames[0], fps=FPS, crf=args.crf)
+            written[:] = [frames.shape[1]]
 
+    STATE["unfinished"] = lambda: (f"the {written[0]} frames of the finished sections are in {args.out}" if written
+                                   else "no video written")
     generator = torch.Generator().manual_seed(args.seed)
     from framepack_native.pipeline import NonFiniteError
     try:
         video = pipe(image, prompt, preset=args.preset, last_image=images.get("--last-image"),
                      negative_prompt=args.negative_prompt, resolution=args.resolution, height=args.height,
                      width=args.width, seconds=args.seconds, num_frames=args.num_frames,
-                     latent_window_size=args.window,
-                     num_inference_steps=args.steps, guidance_scale=args.guidance, true_cfg_scale=args.cfg,
-                     generator=generator, sampling_type=args.sampling, sampler=args.sampler,
-                     teacache=args.teacache, callback=progress)
+                     latent_window_size=args.window, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                     true_cfg_scale=args.cfg, generator=generator, sampling_type=args.sampling, sampler=args.sampler,
+                     teacache=args.teacache, output_type="uint8", callback=progress)
     except NonFiniteError as e:
         if bar is not None:
             bar.close()
-        if e.frames is None:
-            print(f"error: {e}; no section had finished, no video written", file=sys.stderr)
-        else:
-            path = write_mp4(args.out, e.frames[0], fps=FPS, crf=args.crf)
-            print(f"error: {e}; the {e.frames.shape[1]} frames of the finished sections are in {path}", file=sys.stderr)
+        print(f"error: {e}; {STATE['unfinished']()}", file=sys.stderr)
         return 1
     finally:
         if bar is not None:
             bar.close()  # before any error line, not after it
-    path = write_mp4(args.out, video[0], fps=FPS, crf=args.crf)
+    path = Path(args.out)  # written with the last section
     print(f"wrote {path} ({video.shape[1]} frames, {video.shape[-1]}x{video.shape[-2]}, {FPS} fps)")
     return 0
 
@@ -240,7 +261,10 @@ def _generate_parser(gen):
     gen.add_argument("--vae-tiling", action="store_true",
                      help="VAE encode/decode in overlapping spatial tiles: ~2 GiB instead of ~7 GiB at 640x640, slower")
     gen.add_argument("--crf", type=int, default=16, help="H.264 quality 0..51 (lower is better)")
-    gen.add_argument("--out", required=True, help="output .mp4 path")
+    gen.add_argument("--out", required=True,
+                     help="output .mp4 path, replaced after every finished section by the whole video so far")
+    gen.add_argument("--preview", metavar="FILE.png",
+                     help="write the latest step's preview (the predicted clean latents, the app's RGB map) here")
     gen.set_defaults(func=_generate)
 
 
@@ -278,6 +302,7 @@ def _defaults(args):
 def main(argv=None):
     from framepack_native.interrupts import run_command
 
+    STATE["unfinished"] = lambda: "no video written"
     def command():
         import warnings
 
@@ -306,7 +331,7 @@ def main(argv=None):
             return 1
 
     # CheckpointError and ConversionError are ValueErrors; importing them here would load torch outside the handling
-    return run_command(command, (UsageError, ValueError, OSError), "no video written")
+    return run_command(command, (UsageError, ValueError, OSError), lambda: STATE["unfinished"]())
 
 
 if __name__ == "__main__":

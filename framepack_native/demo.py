@@ -83,7 +83,7 @@ def demo_pipeline(seed=0, device="cpu"):
     """A FramePackPipeline of tiny components with random weights (seeded), on `device`, float32."""
     gen = torch.Generator().manual_seed(seed)
     tokenizer, tokenizer_2 = demo_tokenizers()
-    text_dim, pooled_dim, image_dim, channels = 32, 16, 24, 4
+    text_dim, pooled_dim, image_dim, channels = 32, 16, 24, 16  # 16 latent channels as the real VAE: previews work
     parts = {
         "transformer": FramePackTransformer(FramePackTransformerConfig.tiny(
             in_channels=channels, out_channels=channels, text_embed_dim=text_dim, pooled_projection_dim=pooled_dim,

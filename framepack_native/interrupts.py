@@ -54,17 +54,21 @@ def _say(line):
 def run_command(fn, errors, unfinished):
     """fn() -> exit code; `errors`, Ctrl-C, SIGTERM, SIGHUP -> one stderr line ("...; {unfinished}"), 2 / 130 / 143 /
     129. errors: the bad-input exception classes, or a function returning them, called inside the handling so that a
-    Ctrl-C while it imports them (torch: seconds) is one line too. The line is printed while stops are still ignored."""
+    Ctrl-C while it imports them (torch: seconds) is one line too. The line is printed while stops are still ignored.
+    unfinished: the text, or a function returning it (what the stop leaves depends on how far the command got)."""
+    def left():
+        return unfinished() if callable(unfinished) else unfinished
+
     with stops_raise():
         try:
             if not isinstance(errors, tuple):
                 errors = errors()
             return fn()
         except KeyboardInterrupt:
-            _say(f"{STOPS[signal.SIGINT]}; {unfinished}")
+            _say(f"{STOPS[signal.SIGINT]}; {left()}")
             return 128 + signal.SIGINT
         except Terminated as e:
-            _say(f"{STOPS.get(e.signum, 'terminated')}; {unfinished}")
+            _say(f"{STOPS.get(e.signum, 'terminated')}; {left()}")
             return 128 + e.signum
         except Exception as e:
             if not isinstance(errors, tuple) or not isinstance(e, errors):

@@ -11,6 +11,7 @@ import math
 import warnings
 from pathlib import Path
 
+import PIL.Image
 import torch
 
 from framepack_native.image import (SiglipProcessorConfig, center_crop_uint8, load_image, nearest_bucket,
@@ -19,17 +20,19 @@ from framepack_native.models import (CLIPTextEncoder, FramePackTransformer, Huny
                                      SiglipVisionEncoder)
 from framepack_native.models.loading import check_manifest_files, read_manifest
 from framepack_native.noise import randn
+from framepack_native.frames import FrameStore
 from framepack_native.offload import on_device, streamed_blocks
 from framepack_native.presets import get_preset, resolve_dtypes, section_count
+from framepack_native.preview import LATENT_RGB, preview_picture
 from framepack_native.prompt import CROP_START, HIDDEN_STATE_INDEX, HUNYUAN_TEMPLATE, MAX_SEQUENCE_LENGTH, encode_prompt
 from framepack_native.sampling import FlowMatchConfig, flow_sigmas, flux_sigmas, sample_euler, sample_unipc, shift_mu
-from framepack_native.sections import (HISTORY_SIZES, SAMPLING_TYPES, num_sections, padding_schedule, section_frame_indices,
-                                       soft_append, split_history)
+from framepack_native.sections import HISTORY_SIZES, SAMPLING_TYPES, history_init, num_sections, section_plan
 from framepack_native.teacache import TeaCache
 from framepack_native.tokenizers import CLIPTokenizer, LlamaTokenizer
 from framepack_native.weights import CheckpointError, open_checkpoint
 
 SAMPLERS = ("euler", "unipc")
+OUTPUT_TYPES = ("pt", "uint8", "np", "pil", "latent")
 
 
 class NonFiniteError(RuntimeError):
@@ -214,7 +217,7 @@ class FramePackPipeline:
                  height=None, width=None, seconds=None, num_frames=None, latent_window_size=9,
                  num_inference_steps=25, guidance_scale=10.0, true_cfg_scale=1.0, guidance_rescale=0.0,
                  generator=None, sampling_type=None, sampler=None, average_last_image_embeds=True, teacache=None,
-                 callback=None):
+                 output_type="pt", callback=None):
         """Generate (B, F, 3, H, W) frames in [0, 1], F = (sections' frames - 1) // 4 * 4 + 1.
 
         preset: "official" (the official app's worker loop) or "diffusers" (HunyuanVideoFramepackPipeline); every
@@ -232,9 +235,17 @@ class FramePackPipeline:
         PR #167); diffusers (0.42) computes that mean but passes the first image's embeddings only: False does that.
         teacache: None (exact), or a threshold (the official app's default: 0.15) to skip the transformer's blocks
         on steps where their input barely moved (framepack_native.teacache; approximate, faster).
-        callback(event): event["kind"] "step" (section, sections, step, steps, latents) or "section" (section,
-            sections, frames so far).
+        output_type: "pt" (float32 (B, F, 3, H, W) in [0, 1], the default), "uint8" (the same layout as uint8: no
+        float copy of the video anywhere), "np" (float32 (B, F, H, W, 3)), "pil" (B lists of F PIL images) or
+        "latent" (the generated latents (B, C, 1 + S * W, h, w) in video order); all on the CPU. Decoded frames
+        leave the device section by section (framepack_native.frames): device memory does not grow with the length.
+        callback(event): event["kind"] "step" (section, sections, step, steps, latents, preview: uint8 (B h, T w, 3)
+            of the predicted clean latents through the app's latent-to-RGB map, or None without 16 latent channels)
+            or "section" (section, sections, start_s, end_s: its span in the final video, prompt, frames_so_far,
+            video: a function returning the frames so far (B, F, 3, H, W) on the CPU).
         """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"unknown output_type {output_type!r}; expected one of {OUTPUT_TYPES}")
         p = get_preset(preset)
         sampling_type = sampling_type or self.sampling_type
         sampler = sampler or p.sampler
@@ -284,116 +295,101 @@ class FramePackPipeline:
             sections = section_count(5.0 if seconds is None else seconds, latent_window_size, p.length, vae_t)
         else:
             sections = num_sections(129, latent_window_size, vae_t)  # diffusers' default num_frames
-        history = torch.zeros(B, cfg.in_channels, sum(HISTORY_SIZES), h, w, device=device)
-        generated = 0
-        if sampling_type == "vanilla":
-            history, generated = torch.cat((history, image_latents), dim=2), 1
         if p.app_numerics:  # fm_wrapper / sample_hunyuan: scaled in float, then cast
             guidance = torch.full((B,), guidance_scale * 1000.0, device=device).to(dtype)
         else:
             guidance = torch.full((B,), guidance_scale, dtype=dtype, device=device) * 1000.0
-        paddings = padding_schedule(sections)
-        overlap = (latent_window_size - 1) * vae_t + 1
-        video = None
+        seq_len = latent_window_size * h * w / cfg.patch_size**2
+        if p.schedule == "resolution":  # the app's constants, whatever the scheduler config says
+            sigmas = flux_sigmas(num_inference_steps, shift_mu(seq_len)).to(device)
+        else:
+            sigmas = flow_sigmas(num_inference_steps, self.scheduler, mu=shift_mu(seq_len, self.scheduler)).to(device)
+        plan = section_plan(sampling_type, sections, latent_window_size, last_image=last_image is not None,
+                            temporal_ratio=vae_t)
+        history, generated = history_init(image_latents, sampling_type)
+        spilled = []  # older latents moved to the host: the device keeps what sections read and decode
+        keep = max(sum(HISTORY_SIZES), 2 * latent_window_size + 1)
+        store = FrameStore("uint8" if output_type in ("uint8", "pil") else "float")
+        previews = callback is not None and cfg.in_channels == len(LATENT_RGB)
 
-        for k in range(sections):
-            last_section = k == sections - 1
-            padding = paddings[k] * latent_window_size if sampling_type == "inverted_anti_drifting" else 0
-            idx_latents, idx_clean, idx_2x, idx_4x = section_frame_indices(sampling_type, latent_window_size, padding)
-            h1, h2, h4 = split_history(history, sampling_type)
-            if last_image is not None and k == 0:
-                h1 = last_latents
-            context = dict(image_embeds=image_embeds, indices_latents=idx_latents, guidance=guidance,
-                           latents_clean=torch.cat((image_latents, h1), dim=2).to(dtype),
-                           indices_latents_clean=idx_clean, latents_history_2x=h2.to(dtype),
-                           indices_latents_history_2x=idx_2x, latents_history_4x=h4.to(dtype),
-                           indices_latents_history_4x=idx_4x)
+        def velocity(x, sigma, context, caches):
+            t = (sigma * 1000.0).expand(B).to(device)
+            if p.app_numerics:
+                t = t.to(dtype)
+            pred = self.transformer(x.to(dtype), t, txt, txt_mask, pooled, **context, teacache=caches[0])
+            if do_cfg:
+                neg = self.transformer(x.to(dtype), t, neg_txt, neg_mask, neg_pooled, **context, teacache=caches[1])
+                if p.app_numerics:  # fm_wrapper combines in float32
+                    pred, neg = pred.float(), neg.float()
+                pred_cfg = neg + true_cfg_scale * (pred - neg)
+                pred = rescale_guidance(pred_cfg.float(), pred.float(), guidance_rescale)
+            return pred.float()
 
-            # One TeaCache per guidance branch and section (the official app starts one per section).
-            caches = [None, None] if teacache is None else [TeaCache(num_inference_steps, teacache) for _ in range(2)]
+        def unscaled(z):  # the app divides in float32 and casts; diffusers casts first
+            sf = self.vae.config.scaling_factor
+            return (z / sf).to(self.vae.dtype) if p.app_numerics else z.to(self.vae.dtype) / sf
 
-            def velocity(x, sigma):
-                t = (sigma * 1000.0).expand(B).to(device)
-                if p.app_numerics:
-                    t = t.to(dtype)
-                pred = self.transformer(x.to(dtype), t, txt, txt_mask, pooled, **context, teacache=caches[0])
-                if do_cfg:
-                    neg = self.transformer(x.to(dtype), t, neg_txt, neg_mask, neg_pooled, **context,
-                                           teacache=caches[1])
-                    if p.app_numerics:  # fm_wrapper combines in float32
-                        pred, neg = pred.float(), neg.float()
-                    pred_cfg = neg + true_cfg_scale * (pred - neg)
-                    pred = rescale_guidance(pred_cfg.float(), pred.float(), guidance_rescale)
-                return pred.float()
-
-            def finished():
-                if video is None:
-                    return None
-                return (video.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4).cpu()  # (B, F, 3, H, W)
-
+        for s in plan:
             def check_finite(x, what, step=None):
                 if not bool(torch.isfinite(x).all()):
-                    at = f"section {k + 1}/{sections}"
+                    at = f"section {s.index + 1}/{sections}"
                     at += "" if step is None else f", step {step + 1}/{num_inference_steps}"
                     raise NonFiniteError(f"non-finite {what} at {at} (an overflow: lower --guidance / --cfg, or use "
-                                         "--dtype bf16 / fp32)", finished())
+                                         "--dtype bf16 / fp32)", store.frames() if store.num_frames else None)
 
             def on_step(d):
                 check_finite(d["x"], "latents", d["i"])
-                if "denoised" in d:
-                    check_finite(d["denoised"], "latents", d["i"])
+                check_finite(d["denoised"], "latents", d["i"])
                 if callback is not None:
-                    callback({"kind": "step", "section": k, "sections": sections, "step": d["i"],
-                              "steps": num_inference_steps, "latents": d["x"]})
+                    callback({"kind": "step", "section": s.index, "sections": sections, "step": d["i"],
+                              "steps": num_inference_steps, "latents": d["x"], "denoised": d["denoised"],
+                              "preview": preview_picture(d["denoised"]) if previews else None})
 
+            h1, h2, h4 = s.read_history(history, last_latents if last_image is not None else None)
+            context = dict(image_embeds=image_embeds, indices_latents=s.indices_latents, guidance=guidance,
+                           latents_clean=torch.cat((image_latents, h1), dim=2).to(dtype),
+                           indices_latents_clean=s.indices_clean, latents_history_2x=h2.to(dtype),
+                           indices_latents_history_2x=s.indices_2x, latents_history_4x=h4.to(dtype),
+                           indices_latents_history_4x=s.indices_4x)
+            # One TeaCache per guidance branch and section (the official app starts one per section).
+            caches = [None, None] if teacache is None else [TeaCache(num_inference_steps, teacache) for _ in range(2)]
             noise = randn((B, cfg.in_channels, latent_window_size, h, w), generator, device)
-            seq_len = latent_window_size * h * w / cfg.patch_size**2
-            if p.schedule == "resolution":  # the app's constants, whatever the scheduler config says
-                sigmas = flux_sigmas(num_inference_steps, shift_mu(seq_len))
-            else:
-                sigmas = flow_sigmas(num_inference_steps, self.scheduler, mu=shift_mu(seq_len, self.scheduler))
             with streamed_blocks(self.transformer, device) if self.offload else contextlib.nullcontext():
                 if sampler == "euler":
-                    latents = sample_euler(velocity, noise, sigmas.to(device), callback=on_step)
-                else:
-                    latents = sample_unipc(lambda x, s: x.float() - velocity(x, s) * s, noise, sigmas.to(device),
+                    latents = sample_euler(lambda x, sig: velocity(x, sig, context, caches), noise, sigmas,
                                            callback=on_step)
+                else:
+                    latents = sample_unipc(lambda x, sig: x.float() - velocity(x, sig, context, caches) * sig, noise,
+                                           sigmas, callback=on_step)
             caches = None  # TeaCache's tensors (~0.2 GB a branch at 640x640) are not kept through the decode
             check_finite(latents, "latents", num_inference_steps - 1)
 
-            if sampling_type == "inverted_anti_drifting":
-                if last_section:
-                    latents = torch.cat((image_latents, latents), dim=2)
-                generated += latents.shape[2]
-                history = torch.cat((latents, history), dim=2)
-                real = history[:, :, :generated]
-                part = real[:, :, :latent_window_size * 2 + (1 if last_section else 0)]
-            else:
-                generated += latents.shape[2]
-                history = torch.cat((history, latents), dim=2)
-                real = history[:, :, -generated:]
-                part = real[:, :, -latent_window_size * 2:]
-
-            def unscaled(z):  # the app divides in float32 and casts; diffusers casts first
-                sf = self.vae.config.scaling_factor
-                return (z / sf).to(self.vae.dtype) if p.app_numerics else z.to(self.vae.dtype) / sf
-
+            history, generated = s.join_latents(history, generated, latents, image_latents)
             with self._on_device(self.vae):
-                if video is None:
-                    current = self.vae.decode(unscaled(real))
-                    check_finite(current, "decoded frames")
-                    video = current
-                else:
-                    current = self.vae.decode(unscaled(part))
-                    check_finite(current, "decoded frames")
-                    video = (soft_append(current, video, overlap) if sampling_type == "inverted_anti_drifting"
-                             else soft_append(video, current, overlap))
+                current = self.vae.decode(unscaled(s.latents_to_decode(history, generated)))
+            check_finite(current, "decoded frames")
+            store.join(s, current)
+            del current
+            if history.shape[2] > keep:  # constant device memory: the rest waits on the host for output "latent"
+                old, history = ((history[:, :, keep:], history[:, :, :keep]) if s.join == "front"
+                                else (history[:, :, :-keep], history[:, :, -keep:]))
+                spilled.insert(0, old.cpu()) if s.join == "front" else spilled.append(old.cpu())
+                history = history.clone()
             if callback is not None:
-                callback({"kind": "section", "section": k, "sections": sections, "frames": video})
+                callback({"kind": "section", "section": s.index, "sections": sections, "start_s": s.start_s,
+                          "end_s": s.end_s, "prompt": prompt, "frames_so_far": store.num_frames,
+                          "video": store.frames})
 
-        keep = (video.shape[2] - 1) // vae_t * vae_t + 1
-        frames = (video[:, :, :keep].float() * 0.5 + 0.5).clamp(0, 1)  # (B, 3, F, H, W)
-        return frames.permute(0, 2, 1, 3, 4)  # (B, F, 3, H, W)
+        if output_type == "latent":
+            full = torch.cat([history.cpu(), *spilled] if plan[-1].join == "front" else [*spilled, history.cpu()],
+                             dim=2)
+            return plan[-1].real_latents(full, generated)  # (B, C, 1 + S * W, h, w), video order
+        frames = store.frames(keep=(store.num_frames - 1) // vae_t * vae_t + 1)  # (B, F, 3, H, W) on the CPU
+        if output_type in ("pt", "uint8"):
+            return frames
+        if output_type == "np":
+            return frames.permute(0, 1, 3, 4, 2).numpy()  # (B, F, H, W, 3) float32, diffusers' np layout
+        return [[PIL.Image.fromarray(f.permute(1, 2, 0).numpy()) for f in video] for video in frames]  # "pil"
 
     @property
     def transformer_dtype(self):

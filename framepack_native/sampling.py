@@ -81,14 +81,15 @@ def flux_sigmas(num_steps, mu):
 def sample_euler(velocity, x, sigmas, callback=None):
     """Flow-matching Euler: x <- x + (sigma_next - sigma) * v(x, sigma), in float32. Returns x at sigmas[-1].
 
-    velocity(x, sigma) -> v; sigmas (N + 1,) float32; callback({"i", "x", "sigma"}) after each step.
+    velocity(x, sigma) -> v; sigmas (N + 1,) float32; callback({"i", "x", "sigma", "denoised"}) after each step,
+    denoised = the step's clean prediction x - sigma * v (as UniPC's callback gives it).
     """
     x = x.float()
     for i in range(len(sigmas) - 1):
-        v = velocity(x, sigmas[i])
-        x = x + (sigmas[i + 1] - sigmas[i]) * v.float()
+        v = velocity(x, sigmas[i]).float()
+        x_prev, x = x, x + (sigmas[i + 1] - sigmas[i]) * v
         if callback is not None:
-            callback({"i": i, "x": x, "sigma": sigmas[i]})
+            callback({"i": i, "x": x, "sigma": sigmas[i], "denoised": x_prev - sigmas[i] * v})
     return x
 
 

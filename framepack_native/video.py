@@ -10,10 +10,11 @@ CRF_RANGE = (0, 51)  # libx264's quality scale for 8-bit video: 0 lossless, 51 w
 
 
 def to_uint8_frames(frames):
-    """(F, 3, H, W) float in [0, 1] -> (F, H, W, 3) uint8 numpy, rounded as diffusers' postprocess does."""
+    """(F, 3, H, W) float in [0, 1] (rounded as diffusers' postprocess does) or uint8 -> (F, H, W, 3) uint8 numpy."""
     if frames.ndim != 4 or frames.shape[1] != 3:
         raise ValueError(f"frames must be (F, 3, H, W), got {tuple(frames.shape)}")
-    frames = frames.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    if frames.dtype != torch.uint8:
+        frames = frames.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
     return frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (F, H, W, 3)
 
 
@@ -24,7 +25,7 @@ def check_crf(crf):
 
 
 def write_mp4(path, frames, fps=30, crf=16):
-    """Encode (F, 3, H, W) frames in [0, 1] as H.264 (yuv420p) mp4 at `path`; written to a temporary name first.
+    """Encode (F, 3, H, W) frames (float in [0, 1] or uint8) as H.264 (yuv420p) mp4 at `path`, through a temporary.
 
     H and W must be even (yuv420p); crf in CRF_RANGE; the file appears only when the encoder has finished.
     """

@@ -1,0 +1,65 @@
+"""The decoded video, section by section, in constant device memory: finished frames live on the host, and only the
+frames the next soft append cross-fades (Section.overlap of them, on the join side) stay on the device as decoded.
+
+Joining gives exactly the frames Section.join_pixels would give on the whole video (the same soft_append on the same
+values), so the output does not depend on where the frames are kept.
+"""
+import torch
+
+from framepack_native.sections import soft_append
+
+STORAGE = ("float", "uint8")
+
+
+def to_unit(video):
+    """Decoded frames (B, 3, F, H, W) in [-1, 1] -> float32 (B, F, 3, H, W) in [0, 1], on the same device."""
+    return (video.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4)
+
+
+def to_uint8(unit):
+    """(B, F, 3, H, W) float in [0, 1] -> uint8, rounded (as video.to_uint8_frames and diffusers' postprocess)."""
+    return unit.mul(255).round().to(torch.uint8)
+
+
+class FrameStore:
+    """The video so far: host chunks (B, f, 3, H, W) in `storage` ("float": float32 in [0, 1], exact; "uint8")
+    in video order, plus the device edge (B, 3, overlap, H, W), the decoded frames the next join blends."""
+
+    def __init__(self, storage="float"):
+        if storage not in STORAGE:
+            raise ValueError(f"storage must be one of {STORAGE}, got {storage!r}")
+        self.storage, self.chunks, self.edge, self.side = storage, [], None, None
+
+    def _host(self, video):
+        unit = to_unit(video).cpu()
+        return to_uint8(unit) if self.storage == "uint8" else unit
+
+    def join(self, section, current):
+        """Add a section's decoded frames (B, 3, F', H, W) on its join side (Section.join_pixels)."""
+        overlap, front = section.overlap, section.join == "front"
+        if self.edge is not None:
+            current = soft_append(current, self.edge, overlap) if front else soft_append(self.edge, current, overlap)
+            # the old edge is inside `current` now (blended), so current replaces it
+        if current.shape[2] <= overlap:  # too short to spare an edge (the first of short sections): all on device
+            self.edge, self.side = current, section.join
+            return
+        if front:
+            self.edge, rest = current[:, :, :overlap], current[:, :, overlap:]
+            self.chunks.insert(0, self._host(rest))
+        else:
+            rest, self.edge = current[:, :, :current.shape[2] - overlap], current[:, :, current.shape[2] - overlap:]
+            self.chunks.append(self._host(rest))
+        self.edge, self.side = self.edge.clone(), section.join  # not a view keeping the whole section alive
+
+    @property
+    def num_frames(self):
+        return sum(c.shape[1] for c in self.chunks) + (0 if self.edge is None else self.edge.shape[2])
+
+    def frames(self, keep=None):
+        """The whole video so far (B, F, 3, H, W) on the CPU in the storage dtype; `keep`: its first frames only."""
+        if self.edge is None:
+            raise ValueError("no frames yet")
+        edge = self._host(self.edge)
+        parts = [edge, *self.chunks] if self.side == "front" else [*self.chunks, edge]
+        video = torch.cat(parts, dim=1)
+        return video if keep is None else video[:, :keep]
