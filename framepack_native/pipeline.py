@@ -90,6 +90,11 @@ def check_arguments(prompt, last_image, height, width, num_frames, latent_window
                          "forward from the first image and cannot aim at a last one)")
 
 
+def device_history_frames(latent_window_size):
+    """Latent frames of the history kept on the device: what a section reads (1 + 2 + 16) or decodes (2 W + 1)."""
+    return max(sum(HISTORY_SIZES), 2 * latent_window_size + 1)
+
+
 def image_size(image):
     """(height, width) of a load_image input."""
     image = load_image(image)
@@ -308,7 +313,7 @@ class FramePackPipeline:
                             temporal_ratio=vae_t)
         history, generated = history_init(image_latents, sampling_type)
         spilled = []  # older latents moved to the host: the device keeps what sections read and decode
-        keep = max(sum(HISTORY_SIZES), 2 * latent_window_size + 1)
+        keep = device_history_frames(latent_window_size)
         store = FrameStore("uint8" if output_type in ("uint8", "pil") else "float")
         previews = callback is not None and cfg.in_channels == len(LATENT_RGB)
 
@@ -366,7 +371,8 @@ class FramePackPipeline:
 
             history, generated = s.join_latents(history, generated, latents, image_latents)
             with self._on_device(self.vae):
-                current = self.vae.decode(unscaled(s.latents_to_decode(history, generated)))
+                # past `keep` the device buffer holds only the newest latents: all of them are real then
+                current = self.vae.decode(unscaled(s.latents_to_decode(history, min(generated, history.shape[2]))))
             check_finite(current, "decoded frames")
             store.join(s, current)
             del current

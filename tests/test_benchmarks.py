@@ -50,6 +50,13 @@ def test_precision():
     assert len(errors) == 2 and max(errors) < 5e-2, out
 
 
+def test_long_video():
+    out = run("long_video.py", "--seconds", "0.5", "1.5", "--window", "2", "--steps", "1", "--height", "32", "--width",
+              "48")
+    rows = re.findall(r"^ *([\d.]+) +(\d+) +[\d.]+ ", out, flags=re.M)
+    assert [(float(s), int(n)) for s, n in rows] == [(0.5, 2), (1.5, 6)], out  # round(s * 30 / 8) sections
+
+
 def test_load_memory():
     out = run("load_memory.py", "--gib", "0.1")
     assert out.count("PASS") == 2 and "FAIL" not in out, out

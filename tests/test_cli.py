@@ -32,7 +32,7 @@ def test_demo_writes_playable_mp4(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def model_dir(reference_store, tmp_path_factory):
     src = reference_store.get("pipeline_tiny", lambda p: build_pipeline(p, layout="pipeline"))
-    return convert(src, tmp_path_factory.mktemp("cli") / "model", dtype=torch.float32)
+    return convert(src, tmp_path_factory.mktemp("cli") / "model")  # lossless: the source is float32
 
 
 @pytest.fixture

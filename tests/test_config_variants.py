@@ -51,7 +51,7 @@ def _convert(src, tmp_path, cls, edit=None):
         path = src / "config.json"
         path.write_text(json.dumps(edit(json.loads(path.read_text()))))
     dst = tmp_path / "native"
-    weights_convert.convert(src, dst, dtype=torch.float32)
+    weights_convert.convert(src, dst)
     return cls.from_pretrained(dst, dtype=torch.float32, device="cpu")
 
 
@@ -61,7 +61,7 @@ def _refused(tmp_path, config, *words):
     src.mkdir()
     (src / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConversionError) as info:
-        weights_convert.convert(src, tmp_path / "refused", dtype=torch.float32)
+        weights_convert.convert(src, tmp_path / "refused")
     message = str(info.value)
     assert all(w in message for w in words), message
     assert "\n" not in message

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-import torch
 
 from framepack_native.files import sha256
 from framepack_native.models.loading import MANIFEST
@@ -29,7 +28,7 @@ def source(reference_store):
 
 @pytest.fixture(scope="module")
 def converted(source, tmp_path_factory):
-    return convert(source, tmp_path_factory.mktemp("hostile_cli") / "model", dtype=torch.float32)
+    return convert(source, tmp_path_factory.mktemp("hostile_cli") / "model")
 
 
 def _run(*args):

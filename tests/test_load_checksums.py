@@ -21,7 +21,7 @@ from weights_convert import convert
 @pytest.fixture(scope="module")
 def converted(reference_store, tmp_path_factory):
     src = reference_store.get("pipeline_tiny", lambda p: build_pipeline(p, layout="pipeline"))
-    return convert(src, tmp_path_factory.mktemp("checksums") / "model", dtype=torch.float32)
+    return convert(src, tmp_path_factory.mktemp("checksums") / "model")
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_the_pipeline_refuses_a_damaged_component(model):
     _flip(model / "text_encoder" / "model.safetensors", 5000)
     with pytest.raises(CheckpointError, match=re.escape(_message(model / "text_encoder" / "model.safetensors",
                                                                  model))):
-        FramePackPipeline.from_pretrained(model, device="cpu", dtype=torch.float32)
+        FramePackPipeline.from_pretrained(model, device="cpu")
 
 
 def test_a_manifest_with_every_checksum_wrong_is_refused(model):
@@ -65,7 +65,7 @@ def test_a_manifest_with_every_checksum_wrong_is_refused(model):
             entry["files"] = {name: "0" * 64 for name in entry["files"]}
     (model / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match=r"checksum differs from manifest.json: damaged or modified"):
-        FramePackPipeline.from_pretrained(model, device="cpu", dtype=torch.float32)
+        FramePackPipeline.from_pretrained(model, device="cpu")
     with pytest.raises(CheckpointError, match=re.escape(_message(model / "vae" / "config.json", model))):
         HunyuanVideoVAE.from_pretrained(model / "vae", dtype=torch.float32, device="cpu")
 
@@ -144,7 +144,7 @@ def test_the_check_can_be_turned_off(model, monkeypatch):
 
 def test_a_single_converted_component_is_checked(reference_store, tmp_path):
     src = reference_store.get("pipeline_tiny", lambda p: build_pipeline(p, layout="pipeline"))
-    dst = convert(src / "vae", tmp_path / "vae", dtype=torch.float32)  # manifest.json beside config.json, path "."
+    dst = convert(src / "vae", tmp_path / "vae")  # manifest.json beside config.json, path "."
     HunyuanVideoVAE.from_pretrained(dst, dtype=torch.float32, device="cpu")
     _flip(dst / "model.safetensors")
     with pytest.raises(CheckpointError, match=re.escape(_message(dst / "model.safetensors", dst))):

@@ -18,7 +18,7 @@ H, W = 32, 48
 @pytest.fixture(scope="module")
 def converted(reference_store, tmp_path_factory):
     src = reference_store.get("pipeline_tiny", lambda p: build_pipeline(p, layout="pipeline"))
-    dst = convert(src, tmp_path_factory.mktemp("native") / "framepack", dtype=torch.float32)
+    dst = convert(src, tmp_path_factory.mktemp("native") / "framepack")  # lossless: the source is float32
     return src, dst
 
 

@@ -249,7 +249,7 @@ def test_encode_prompt_matches_diffusers(llama_pair, clip_pair, reference_store,
                                   (f"clip_tok_vocab_{len(clip_ref_tok)}", build_clip, clip_cfg, CLIPTextEncoder)):
         src = reference_store.get(name, lambda p, build=build, cfg=cfg: build(p, **cfg))
         dst = tmp_path_factory.mktemp(name) / "native"
-        weights_convert.convert(src, dst, dtype=torch.float32)
+        weights_convert.convert(src, dst)
         models[name] = (load_reference("LlamaModel" if cls is LlamaTextEncoder else "CLIPTextModel", src),
                         cls.from_pretrained(dst, dtype=torch.float32, device="cpu"))
     (llama_ref, llama), (clip_ref, clip) = models.values()

@@ -7,53 +7,31 @@ DST layout:
     <component>/config.json + model*.safetensors   (path "." when SRC was a single component)
     tokenizer/, tokenizer_2/, scheduler/, feature_extractor/   (config and vocabulary files, copied)
 
-Work folders beside DST, each a marker (WORK_MARK, locked while its run lives) + the payload folder NAME:
-    .NAME.XXXXXXXX.partial/NAME   the conversion being written; renamed to DST when complete and verified
-    .NAME.XXXXXXXX.old/NAME       with --overwrite, the previous conversion until the new one is in place
+Written through a work folder beside DST, put in place only when complete: weights_convert.workdirs.
 """
 import contextlib
-import errno
-import fcntl
-import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 
 from framepack_native.configs import config_from_dict
-from framepack_native.files import CheckpointError, read_json, write_text_atomic
+from framepack_native.files import CheckpointError, read_json, sha256, write_text_atomic
 from framepack_native.models.loading import FORMAT_VERSION, MANIFEST, dtype_entry, read_manifest
 from framepack_native.sections import SAMPLING_TYPES
 from framepack_native.weights import check_checkpoint, check_dtype, check_layer_counts, open_checkpoint, save_sharded
 from weights_convert.core import (ConversionError, apply_step, build_plan, check_plan, find_converter, planned_shape,
                                   widest_dtype)
+from weights_convert.workdirs import (LeftoverWork, check_dst, follow, make_work, put_in_place,  # noqa: F401
+                                      remove_work, tidy_leftovers)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 AUX_FOLDERS = ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor")
 AUX_SUFFIXES = (".json", ".txt", ".model")
 SHARD_BYTES = 5 * 1024**3
-WORK_KINDS = ("partial", "old")
-WORK_MARK = ".framepack_native_work.json"  # in each work folder: what makes a .DST.*.partial / .old folder ours
-WORK_FORMAT = "framepack_native work folder"
-
-
-class LeftoverWork(UserWarning):
-    """Work folders beside DST from a conversion that was killed (SIGKILL, the OOM killer, a power cut)."""
-
-
-def sha256(path, chunk=16 * 1024 * 1024):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cast_dtype(dtype):
     """The floating dtype a conversion casts to: None (keep each tensor's source dtype), a DTYPES name or value."""
     if dtype is None or dtype in DTYPES.values():
@@ -160,184 +138,6 @@ def _component_sources(src, transformer, image_encoder):
     return models, aux
 
 
-def _is_conversion(folder):
-    """Whether `folder` holds a framepack_native conversion: a manifest.json of ours (any format version)."""
-    try:
-        return read_json(folder / MANIFEST).get("format") == "framepack_native"
-    except CheckpointError:
-        return False
-
-
-def _check_dst(dst, overwrite):
-    """Refuse a DST that is a file, a non-empty folder without overwrite, or (with it) a non-empty folder that is not a
-    previous conversion. Creates nothing."""
-    if dst.exists():
-        if not dst.is_dir():
-            raise ConversionError(f"{dst}: exists and is not a folder")
-        if any(dst.iterdir()):
-            if not overwrite:
-                raise ConversionError(f"{dst}: folder exists and is not empty (pass --overwrite to replace a previous "
-                                      "conversion)")
-            if not _is_conversion(dst):
-                raise ConversionError(f"{dst}: not a framepack_native conversion (no {MANIFEST} of ours); --overwrite "
-                                      "replaces only a previous conversion: move it away or choose another DST")
-
-
-def _follow(dst):
-    """DST, or the folder a symbolic-link DST points to (converted in place there, the link kept). Dangling: refused."""
-    if not dst.is_symlink():
-        return dst
-    try:
-        return dst.resolve(strict=True)
-    except (OSError, RuntimeError):  # missing target, or a loop
-        raise ConversionError(f"{dst}: a symbolic link to {os.readlink(dst)}, which does not exist") from None
-
-
-def _make_work(dst, kind, **fields):
-    """Create our work folder .NAME.XXXXXXXX.<kind> beside dst: a marker naming it ours, locked while this process
-    lives (the kernel drops the lock when it dies, SIGKILL too). Returns (folder, the lock's file descriptor)."""
-    folder = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=f".{kind}"))
-    fd = None
-    try:
-        fd = os.open(folder / WORK_MARK, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with contextlib.suppress(OSError):  # a filesystem without locks: its leftovers are then never called stale
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, json.dumps({"format": WORK_FORMAT, "kind": kind, "dst": dst.name, **fields}).encode())
-    except BaseException:
-        if fd is not None:
-            os.close(fd)
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    return folder, fd
-
-
-def _remove_work(folder, name):
-    """Remove one of our work folders: its payload first and the marker last, so that a cut removal stays ours."""
-    shutil.rmtree(folder / name, ignore_errors=True)
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _in_use(mark):
-    """Whether a running conversion holds this work folder's marker locked."""
-    try:
-        fd = os.open(mark, os.O_RDONLY)
-    except OSError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError:  # held (BlockingIOError), or no locks here: never treat it as stale
-        return True
-    finally:
-        os.close(fd)
-
-
-def _leftovers(dst):
-    """[(folder, marker)] of our work folders beside dst that no running conversion holds: the name pattern, and a
-    marker naming dst inside. A user's folder that only looks like one is not among them."""
-    found = []
-    try:
-        entries = sorted(dst.parent.iterdir())
-    except OSError:
-        return found
-    for folder in entries:
-        kind = folder.name.rsplit(".", 1)[-1]
-        if not folder.name.startswith(f".{dst.name}.") or kind not in WORK_KINDS:
-            continue
-        mark = folder / WORK_MARK
-        if folder.is_symlink() or not folder.is_dir() or mark.is_symlink() or not mark.is_file():
-            continue
-        try:
-            doc = read_json(mark)
-        except CheckpointError:
-            continue
-        if (doc.get("format"), doc.get("kind"), doc.get("dst")) == (WORK_FORMAT, kind, dst.name) and not _in_use(mark):
-            found.append((folder, doc))
-    return found
-
-
-def _identity(path):
-    st = os.stat(path)
-    return [st.st_dev, st.st_ino]
-
-
-def _size(folders):
-    """The bytes in these folders' files, for messages: "1.2 GB"."""
-    n = sum(f.lstat().st_size for folder in folders for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
-
-
-def _tidy_leftovers(dst, clean):
-    """Our work folders beside dst from conversions that no longer run: a DST that an --overwrite moved aside and
-    never replaced is restored; what holds nothing, or an aside whose replacement is in place, goes; the rest is named
-    in one LeftoverWork warning, or removed when `clean`."""
-    stale = []
-    for folder, doc in _leftovers(dst):
-        payload = folder / dst.name
-        if not os.path.lexists(payload):
-            _remove_work(folder, dst.name)  # the marker alone
-        elif doc["kind"] == "old" and not os.path.lexists(dst) and payload.is_dir() and not payload.is_symlink():
-            os.rename(payload, dst)
-            _remove_work(folder, dst.name)
-            warnings.warn(LeftoverWork(f"{dst}: restored from {folder.name}, where an --overwrite that was cut short "
-                                       "had moved it"))
-        elif doc["kind"] == "old" and os.path.isdir(dst) and _identity(dst) == doc.get("replacement"):
-            _remove_work(folder, dst.name)  # that --overwrite finished; only its clean-up was cut short
-        else:
-            stale.append(folder)
-    if not stale:
-        return
-    listing = (f"{len(stale)} folder(s) left by conversions to {dst.name} that were killed: "
-               f"{', '.join(f.name for f in stale)} ({_size(stale)})")
-    if clean:
-        for folder in stale:
-            _remove_work(folder, dst.name)
-        warnings.warn(LeftoverWork(f"removed from {dst.parent}: {listing}"))
-    else:
-        warnings.warn(LeftoverWork(f"{dst.parent}: {listing}; pass --clean-partial to remove them"))
-
-
-def _put_in_place(new, dst, overwrite):
-    """Rename the finished folder `new` to dst. Over nothing or an empty folder in one rename (the kernel refuses
-    anything else); with overwrite, over a previous conversion, moved aside into a work folder of ours first and
-    put back if the new one cannot follow. Anything else at dst is left as it is: ConversionError."""
-    try:
-        os.rename(new, dst)
-        return
-    except OSError as e:
-        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-            raise
-    if os.path.islink(dst) or not os.path.isdir(dst):
-        now = "not a folder"
-    elif not overwrite:
-        now = "a folder that is not empty"
-    elif not _is_conversion(dst):
-        now = "a folder that is not a framepack_native conversion"
-    else:
-        now = None
-    if now:
-        raise ConversionError(f"{dst}: changed while converting, now {now}; left as it is, nothing written")
-    aside, lock = _make_work(dst, "old", replacement=_identity(new))
-    try:
-        os.rename(dst, aside / dst.name)
-        try:
-            os.rename(new, dst)
-        except BaseException:
-            try:
-                os.rename(aside / dst.name, dst)
-            except OSError:
-                raise ConversionError(f"{dst}: appeared again while replacing it; left as it is, the previous "
-                                      f"conversion is in {aside}") from None
-            raise
-    except BaseException:
-        if not os.path.lexists(aside / dst.name):
-            _remove_work(aside, dst.name)
-        raise
-    finally:
-        os.close(lock)
-    _remove_work(aside, dst.name)  # the new DST is in place: a failure here changes nothing
-
-
 def guess_sampling_type(transformer_dir):
     """(sampling type, where it came from) of a FramePack transformer folder. The two public checkpoints share one
     config, so the name of the folder holding config.json decides, never a parent's: FramePack_F1_* (or *F1_I2V*) is
@@ -373,19 +173,19 @@ def convert(src, dst, dtype=None, *, transformer=None, image_encoder=None, overw
     src, given = Path(src), Path(dst)
     if not src.is_dir():
         raise ConversionError(f"{src}: no such folder")
-    dst = _follow(given)
+    dst = follow(given)
     for source in (src, transformer, image_encoder):
         if source is not None and dst.resolve() in (Path(source).resolve(), *Path(source).resolve().parents):
             raise ConversionError(f"{given}: would overwrite its own source {source}")
-    _tidy_leftovers(dst, clean_partial)
-    _check_dst(dst, overwrite)
+    tidy_leftovers(dst, clean_partial)
+    check_dst(dst, overwrite)
     models, aux = _component_sources(src, transformer, image_encoder)
     single = not (src / "model_index.json").is_file() and not transformer and not image_encoder
     created = [p for p in reversed(dst.parents) if not p.exists()]  # outermost first; removed again on failure
     work = lock = None
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        work, lock = _make_work(dst, "partial")
+        work, lock = make_work(dst, "partial")
         new = work / dst.name  # the work folder itself is never renamed into place: its marker stays with it
         new.mkdir()
         manifest = {"format": "framepack_native", "format_version": FORMAT_VERSION, "components": {}, "aux": {},
@@ -406,10 +206,10 @@ def convert(src, dst, dtype=None, *, transformer=None, image_encoder=None, overw
             manifest["aux"][name] = {"path": name, "files": copy_aux(folder, new / name)}
         write_text_atomic(new / MANIFEST, json.dumps(manifest, indent=2))
         verify(new)
-        _put_in_place(new, dst, overwrite)
+        put_in_place(new, dst, overwrite)
     except BaseException:
         if work is not None:
-            _remove_work(work, dst.name)
+            remove_work(work, dst.name)
         for folder in reversed(created):
             with contextlib.suppress(OSError):
                 folder.rmdir()
@@ -417,7 +217,7 @@ def convert(src, dst, dtype=None, *, transformer=None, image_encoder=None, overw
     finally:
         if lock is not None:
             os.close(lock)
-    _remove_work(work, dst.name)  # holds only the marker now
+    remove_work(work, dst.name)  # holds only the marker now
     return given
 
 

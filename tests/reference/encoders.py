@@ -68,7 +68,7 @@ def converted(reference_store, tmp_path_factory, name, build, config, seed=0, sc
         src, dst = scratch / name, scratch / "native"
         src.mkdir()
         build(src, seed=seed, **config)
-    weights_convert.convert(src, dst, dtype=torch.float32)
+    weights_convert.convert(src, dst)  # lossless: the source is float32
     return src, dst
 
 
