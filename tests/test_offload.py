@@ -26,7 +26,7 @@ class _MovedOnTo(torch.Tensor):
 
 def _transformer():
     model = demo_pipeline(seed=1).transformer
-    B, C, T, H, W = 1, 4, 2, 4, 6
+    B, C, T, H, W = 1, model.config.in_channels, 2, 4, 6
     inputs = (torch.randn(B, C, T, H, W), torch.tensor([500.0]), torch.randn(B, 5, 32), torch.ones(B, 5),
               torch.randn(B, 16), torch.randn(B, 16, 24), torch.arange(T))
     return model, ("double_blocks", "single_blocks"), lambda: model(*inputs, guidance=torch.tensor([6000.0]))
