@@ -186,8 +186,7 @@ def _generate(args):
     def progress(event):
         nonlocal bar
         if event["kind"] == "step":
-            bar = bar or tqdm(desc="sampling", unit="step", file=sys.stderr)
-            bar.total = event["sections"] * event["steps"]
+            bar = bar or tqdm(desc="sampling", unit="step", total=event["sections"] * event["steps"], file=sys.stderr)
             bar.set_postfix_str(f"section {event['section'] + 1}/{event['sections']}", refresh=False)
             bar.update(1)
             if args.preview and event["preview"] is not None:
