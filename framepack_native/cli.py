@@ -7,7 +7,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 FPS = 30
@@ -149,10 +148,9 @@ def _check_out(out, inputs, suffix=".mp4", what="--out"):
             raise UsageError(f"{what} {out}: is the input image {name}")
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise UsageError(f"{what} {out}: folder {out.parent} does not exist or is not writable")
-    try:  # the temporary that framepack_native.files.atomic_path makes: a name too long fails now, not at the end
-        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(probe)
+    from framepack_native.files import check_writable
+    try:
+        check_writable(out)
     except OSError as e:
         raise UsageError(f"{what} {out}: cannot create a file beside it ({e.strerror})") from None
 

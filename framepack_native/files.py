@@ -77,15 +77,26 @@ def _fsync(path, folder=False):
         os.close(fd)
 
 
+def _temporary(path):
+    """A new empty file beside `path`, named .NAME.XXXXXXXX.tmp (mkstemp's random part): atomic_path's temporary."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+def check_writable(path):
+    """Make and remove atomic_path's temporary for `path` now, so that a name too long (the temporary is 14 bytes
+    longer) or a folder that refuses new files fails before the work, not at its end; raises OSError."""
+    _temporary(Path(path)).unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path` to write; when the block ends normally the file is fsynced, given the
     usual permissions and renamed to `path`. On any exception (KeyboardInterrupt too) the temporary is removed and
     `path` is left as it was."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = _temporary(path)
     try:
         yield tmp
         _fsync(tmp)
