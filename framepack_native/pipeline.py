@@ -173,6 +173,14 @@ class FramePackPipeline:
             image_encoder=load(SiglipVisionEncoder, "image_encoder"), **small,
             sampling_type=manifest.get("sampling_type") or "inverted_anti_drifting", device=device, offload=offload)
 
+    def load_lora(self, path, strength=1.0, **options):
+        """Apply a LoRA to the transformer (repeatable: several at once, each with its strength)."""
+        return self.transformer.load_lora(path, strength, **options)
+
+    def unload_lora(self):
+        """Remove every LoRA from the transformer, its weights restored bit for bit."""
+        return self.transformer.unload_lora()
+
     def _on_device(self, module):
         return on_device(module, self.device, self.offload)
 

@@ -110,6 +110,16 @@ class FramePackTransformer(nn.Module):
         """Load a converted native folder (or a converted pipeline root) strictly, in eval mode."""
         return load_pretrained(cls, path, dtype, device)
 
+    def load_lora(self, path, strength=1.0, **options):
+        """Apply a LoRA file (musubi / kohya, diffusers / PEFT or original HunyuanVideo keys); framepack_native.lora."""
+        from framepack_native.lora import load_lora
+        return load_lora(self, path, strength, **options)
+
+    def unload_lora(self):
+        """Remove every LoRA this model holds, restoring its weights bit for bit (framepack_native.lora)."""
+        from framepack_native.lora import unload_lora
+        return unload_lora(self)
+
     def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, pooled_projections,
                 image_embeds, indices_latents, guidance=None, latents_clean=None, indices_latents_clean=None,
                 latents_history_2x=None, indices_latents_history_2x=None, latents_history_4x=None,
