@@ -78,7 +78,7 @@ def _check_device(text):
 def _check_args(args):
     """Cheap checks before any model loads: numbers, sizes, modes, the device, files, the output folder."""
     from framepack_native.image import load_image
-    from framepack_native.pipeline import check_arguments
+    from framepack_native.arguments import check_arguments
     from framepack_native.video import CRF_RANGE
 
     from framepack_native.presets import get_preset

@@ -14,8 +14,9 @@ from pathlib import Path
 import PIL.Image
 import torch
 
-from framepack_native.image import (SiglipProcessorConfig, center_crop_uint8, load_image, nearest_bucket,
-                                    siglip_pixels, siglip_pixels_uint8, to_uint8_picture, vae_pixels)
+from framepack_native.arguments import SAMPLERS, check_arguments, image_size, rescale_guidance  # noqa: F401
+from framepack_native.image import (SiglipProcessorConfig, center_crop_uint8, nearest_bucket, siglip_pixels,
+                                    siglip_pixels_uint8, to_uint8_picture, vae_pixels)
 from framepack_native.models import (CLIPTextEncoder, FramePackTransformer, HunyuanVideoVAE, LlamaTextEncoder,
                                      SiglipVisionEncoder)
 from framepack_native.models.loading import check_manifest_files, read_manifest
@@ -31,7 +32,6 @@ from framepack_native.teacache import TeaCache
 from framepack_native.tokenizers import CLIPTokenizer, LlamaTokenizer
 from framepack_native.weights import CheckpointError, open_checkpoint
 
-SAMPLERS = ("euler", "unipc")
 OUTPUT_TYPES = ("pt", "uint8", "np", "pil", "latent")
 
 
@@ -48,57 +48,9 @@ class PromptTruncated(UserWarning):
     """A prompt longer than the Llama encoder's 256 tokens: only its first 256 condition the video."""
 
 
-def rescale_guidance(pred, pred_pos, rescale):
-    """Guidance rescale (Lin et al. 2023, Sec. 3.4): match the std of the guided prediction to the positive one."""
-    if rescale == 0:
-        return pred
-    dims = list(range(1, pred.ndim))
-    rescaled = pred * (pred_pos.std(dim=dims, keepdim=True) / pred.std(dim=dims, keepdim=True))
-    return rescale * rescaled + (1 - rescale) * pred
-
-
-def check_arguments(prompt, last_image, height, width, num_frames, latent_window_size, num_inference_steps,
-                    sampling_type, sampler, seconds=None, negative_prompt=None):
-    """Raise ValueError naming the culprit for generation arguments the pipeline cannot run (also used by the
-    CLI before any model loads). height / width may both be None (the resolution bucket decides)."""
-    if not isinstance(prompt, str) and not (isinstance(prompt, (list, tuple)) and prompt
-                                            and all(isinstance(p, str) for p in prompt)):
-        raise ValueError(f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}")
-    for name, texts in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-        for text in [texts] if isinstance(texts, str) else texts or []:
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as e:  # undecodable bytes on a command line arrive as lone surrogates
-                raise ValueError(f"{name} is not valid UTF-8 text (at character {e.start})") from None
-    if (height is None) != (width is None):
-        raise ValueError(f"give both height and width or neither (the resolution bucket), got {height} x {width}")
-    if height is not None and (height % 16 or width % 16 or height < 16 or width < 16):
-        raise ValueError(f"height and width must be positive multiples of 16, got {height} x {width}")
-    if num_frames is not None and num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"seconds must be a finite number > 0, got {seconds}")
-    if latent_window_size < 1 or num_inference_steps < 1:
-        raise ValueError(f"latent_window_size ({latent_window_size}) and num_inference_steps "
-                         f"({num_inference_steps}) must be >= 1")
-    if sampling_type not in SAMPLING_TYPES:
-        raise ValueError(f"unknown sampling type {sampling_type!r}; expected one of {SAMPLING_TYPES}")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
-    if last_image is not None and sampling_type != "inverted_anti_drifting":
-        raise ValueError("last_image needs sampling_type='inverted_anti_drifting' (vanilla sampling walks "
-                         "forward from the first image and cannot aim at a last one)")
-
-
 def device_history_frames(latent_window_size):
     """Latent frames of the history kept on the device: what a section reads (1 + 2 + 16) or decodes (2 W + 1)."""
     return max(sum(HISTORY_SIZES), 2 * latent_window_size + 1)
-
-
-def image_size(image):
-    """(height, width) of a load_image input."""
-    image = load_image(image)
-    return (image.height, image.width) if hasattr(image, "height") else tuple(image.shape[-2:])
 
 
 def second_generator(generator):
