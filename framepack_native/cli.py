@@ -6,7 +6,9 @@ import argparse
 import math
 import os
 import re
+import shutil
 import sys
+import traceback
 from pathlib import Path
 
 FPS = 30
@@ -113,6 +115,11 @@ def _check_args(args):
     _check_range("--cfg", args.cfg, 0.0, MAX_GUIDANCE)
     _check_device(args.device)
     _check_out(Path(args.out), [args.image, args.last_image])
+    state = state_folder(args.out)
+    if state.exists() and (state.is_symlink() or not state.is_dir()):
+        raise UsageError(f"{state}: the run state's folder for --out {args.out} exists and is not a folder")
+    if args.resume and not (state / "state.json").is_file():
+        raise UsageError(f"--resume: no saved run for --out {args.out} (no {state / 'state.json'})")
     if args.preview:
         _check_out(Path(args.preview), [args.image, args.last_image], suffix=".png", what="--preview")
     if not args.demo:
@@ -128,6 +135,11 @@ def _check_args(args):
             except ValueError as e:
                 raise UsageError(f"{flag} {e}") from None
     return frames, images
+
+
+def state_folder(out):
+    """Where the run state of --out OUT is kept while it runs (OUT.state, beside it); removed once OUT is complete."""
+    return Path(f"{out}.state")
 
 
 def _check_out(out, inputs, suffix=".mp4", what="--out"):
@@ -180,22 +192,35 @@ def _generate(args):
 
     bar = None  # made at the first step, so that lines printed while encoding come before it
     written = []  # frames in --out so far: every finished section replaces it with the whole video so far
+    pending = []  # (frames, --out's file identity before) while a replacement is under way
 
     def progress(event):
         nonlocal bar
+        if event["kind"] == "resume":
+            print(f"resuming after section {event['sections_done']}/{event['sections']} "
+                  f"({event['frames_so_far']} frames)", file=sys.stderr)
         if event["kind"] == "step":
             bar = bar or tqdm(desc="sampling", unit="step", total=event["sections"] * event["steps"], file=sys.stderr)
             bar.set_postfix_str(f"section {event['section'] + 1}/{event['sections']}", refresh=False)
             bar.update(1)
             if args.preview and event["preview"] is not None:
                 save_png(args.preview, event["preview"].numpy())
-        else:  # a finished section: a complete, playable mp4 of everything so far (atomically replaced)
+        else:  # a finished or resumed section: a complete, playable mp4 of everything so far (atomically replaced)
             frames = event["video"]()
+            pending[:] = [frames.shape[1], _file_identity(args.out)]
             write_mp4(args.out, frames[0], fps=FPS, crf=args.crf)
-            written[:] = [frames.shape[1]]
+            written[:], pending[:] = [frames.shape[1]], []
 
-    STATE["unfinished"] = lambda: (f"the {written[0]} frames of the finished sections are in {args.out}" if written
-                                   else "no video written")
+    state = state_folder(args.out)
+
+    def unfinished():
+        if pending and _file_identity(args.out) != pending[1]:  # stopped after the rename, before it was noted
+            written[:], pending[:] = pending[:1], []
+        said = f"the {written[0]} frames of the finished sections are in {args.out}" if written else "no video written"
+        if (state / "state.json").is_file():
+            said += f"; run the same command with --resume to continue (state in {state})"
+        return said
+    STATE["unfinished"] = unfinished
     generator = torch.Generator().manual_seed(args.seed)
     from framepack_native.pipeline import NonFiniteError
     try:
@@ -204,18 +229,46 @@ def _generate(args):
                      width=args.width, seconds=args.seconds, num_frames=args.num_frames,
                      latent_window_size=args.window, num_inference_steps=args.steps, guidance_scale=args.guidance,
                      true_cfg_scale=args.cfg, generator=generator, sampling_type=args.sampling, sampler=args.sampler,
-                     teacache=args.teacache, output_type="uint8", callback=progress)
+                     teacache=args.teacache, output_type="uint8", callback=progress, state_dir=state,
+                     resume=args.resume)
     except NonFiniteError as e:
         if bar is not None:
             bar.close()
         print(f"error: {e}; {STATE['unfinished']()}", file=sys.stderr)
         return 1
+    except Exception as e:
+        if isinstance(e, (ValueError, OSError, MemoryError)) or _out_of_memory(e):
+            raise  # bad input and out-of-memory: one line from main
+        if bar is not None:
+            bar.close()
+        traceback.print_exc()  # a bug: its traceback, then what the crash left
+        print(f"error: the run crashed ({type(e).__name__}); {STATE['unfinished']()}", file=sys.stderr)
+        return 1
     finally:
         if bar is not None:
             bar.close()  # before any error line, not after it
-    path = Path(args.out)  # written with the last section
+    path = Path(args.out)
+    if written[:1] != [video.shape[1]]:  # a resumed run that was already complete: no section event wrote it
+        write_mp4(path, video[0], fps=FPS, crf=args.crf)
+    shutil.rmtree(state, ignore_errors=True)  # OUT is complete: its state is not needed any more
     print(f"wrote {path} ({video.shape[1]} frames, {video.shape[-1]}x{video.shape[-2]}, {FPS} fps)")
     return 0
+
+
+def _file_identity(path):
+    """(inode, mtime) of a file, None if absent: an atomic replacement (a new file renamed over it) changes it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _out_of_memory(e):
+    """A CUDA or host (torch's CPU allocator reports a RuntimeError) allocation failure."""
+    import torch
+    return isinstance(e, torch.cuda.OutOfMemoryError) or (isinstance(e, RuntimeError) and (
+        "can't allocate memory" in str(e) or "not enough memory" in str(e)))
 
 
 def _generate_parser(gen):
@@ -260,6 +313,9 @@ def _generate_parser(gen):
     gen.add_argument("--crf", type=int, default=16, help="H.264 quality 0..51 (lower is better)")
     gen.add_argument("--out", required=True,
                      help="output .mp4 path, replaced after every finished section by the whole video so far")
+    gen.add_argument("--resume", action="store_true",
+                     help="continue the run stopped or crashed with the same arguments and --out (its state is kept "
+                          "in OUT.state after every section)")
     gen.add_argument("--preview", metavar="FILE.png",
                      help="write the latest step's preview (the predicted clean latents, the app's RGB map) here")
     gen.set_defaults(func=_generate)
@@ -305,26 +361,29 @@ def main(argv=None):
 
         import torch
         args = _defaults(build_parser().parse_args(argv))
-        host_oom = "error: out of host memory (RAM); close other programs, or try a smaller --height / --width"
+
+        def host_oom():
+            line = "error: out of host memory (RAM); close other programs, or try a smaller --height / --width"
+            return line + ("" if args.func is not _generate else f"; {STATE['unfinished']()}")
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = lambda message, *rest, **kw: print(f"warning: {message}", file=sys.stderr)
                 return args.func(args)
         except MemoryError:
-            print(host_oom, file=sys.stderr)
+            print(host_oom(), file=sys.stderr)
             return 1
         except torch.cuda.OutOfMemoryError as e:  # a RuntimeError, not bad input: one line and the usual remedies
             first = (str(e).strip() or "CUDA out of memory").splitlines()[0]
             if args.func is _generate:
                 remedies = [flag for flag, on in (("--offload", args.offload), ("--vae-tiling", args.vae_tiling))
                             if not on] + ["a smaller --height / --width"]
-                first += f"; try {', '.join(remedies)}"
+                first += f"; try {', '.join(remedies)}; {STATE['unfinished']()}"
             print(f"error: {first}", file=sys.stderr)
             return 1
         except RuntimeError as e:
-            if "can't allocate memory" not in str(e) and "not enough memory" not in str(e):
-                raise  # torch's CPU allocator reports a failed allocation as a RuntimeError
-            print(host_oom, file=sys.stderr)
+            if not _out_of_memory(e):
+                raise
+            print(host_oom(), file=sys.stderr)
             return 1
 
     # CheckpointError and ConversionError are ValueErrors; importing them here would load torch outside the handling

@@ -35,14 +35,15 @@ class FrameStore:
         return (to_uint8(unit) if self.storage == "uint8" else unit).cpu()  # uint8 crosses to the host: 4x less
 
     def join(self, section, current):
-        """Add a section's decoded frames (B, 3, F', H, W) on its join side (Section.join_pixels)."""
+        """Add a section's decoded frames (B, 3, F', H, W) on its join side (Section.join_pixels); returns the host
+        chunk it added (B, f, 3, H, W), or None when every frame so far is still in the edge."""
         overlap, front = section.overlap, section.join == "front"
         if self.edge is not None:
             current = soft_append(current, self.edge, overlap) if front else soft_append(self.edge, current, overlap)
             # the old edge is inside `current` now (blended), so current replaces it
         if current.shape[2] <= overlap:  # too short to spare an edge (the first of short sections): all on device
             self.edge, self.side = current, section.join
-            return
+            return None
         if front:
             self.edge, rest = current[:, :, :overlap], current[:, :, overlap:]
             self.chunks.insert(0, self._host(rest))
@@ -50,6 +51,17 @@ class FrameStore:
             rest, self.edge = current[:, :, :current.shape[2] - overlap], current[:, :, current.shape[2] - overlap:]
             self.chunks.append(self._host(rest))
         self.edge, self.side = self.edge.clone(), section.join  # not a view keeping the whole section alive
+        return self.chunks[0] if front else self.chunks[-1]
+
+    @classmethod
+    def restore(cls, storage, chunks, edge, side):
+        """A store holding `chunks` (each with the side it joined, in the order they were added: [(chunk, side)]),
+        the device `edge` and its `side`, as join left it (framepack_native.run_state saves these)."""
+        store = cls(storage)
+        for chunk, chunk_side in chunks:
+            store.chunks.insert(0, chunk) if chunk_side == "front" else store.chunks.append(chunk)
+        store.edge, store.side = edge, side
+        return store
 
     @property
     def num_frames(self):

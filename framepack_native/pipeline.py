@@ -11,12 +11,13 @@ import math
 import warnings
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import torch
 
 from framepack_native.arguments import SAMPLERS, check_arguments, image_size, rescale_guidance  # noqa: F401
-from framepack_native.image import (SiglipProcessorConfig, center_crop_uint8, nearest_bucket, siglip_pixels,
-                                    siglip_pixels_uint8, to_uint8_picture, vae_pixels)
+from framepack_native.image import (SiglipProcessorConfig, center_crop_uint8, load_image, nearest_bucket,
+                                    siglip_pixels, siglip_pixels_uint8, to_uint8_picture, vae_pixels)
 from framepack_native.models import (CLIPTextEncoder, FramePackTransformer, HunyuanVideoVAE, LlamaTextEncoder,
                                      SiglipVisionEncoder)
 from framepack_native.models.loading import check_manifest_files, read_manifest
@@ -25,6 +26,7 @@ from framepack_native.frames import FrameStore
 from framepack_native.offload import on_device, streamed_blocks
 from framepack_native.presets import get_preset, resolve_dtypes, section_count
 from framepack_native.preview import LATENT_RGB, preview_picture
+from framepack_native.run_state import RunState, seed_digest, tensor_digest, weights_digest
 from framepack_native.prompt import CROP_START, HIDDEN_STATE_INDEX, HUNYUAN_TEMPLATE, MAX_SEQUENCE_LENGTH, encode_prompt
 from framepack_native.sampling import FlowMatchConfig, flow_sigmas, flux_sigmas, sample_euler, sample_unipc, shift_mu
 from framepack_native.sections import HISTORY_SIZES, SAMPLING_TYPES, history_init, num_sections, section_plan
@@ -51,6 +53,12 @@ class PromptTruncated(UserWarning):
 def device_history_frames(latent_window_size):
     """Latent frames of the history kept on the device: what a section reads (1 + 2 + 16) or decodes (2 W + 1)."""
     return max(sum(HISTORY_SIZES), 2 * latent_window_size + 1)
+
+
+def picture_digest(image):
+    """sha256 of an input picture as load_image reads it (a path, PIL image, array or tensor)."""
+    image = load_image(image)
+    return tensor_digest(torch.from_numpy(np.array(image)) if isinstance(image, PIL.Image.Image) else image)
 
 
 def second_generator(generator):
@@ -182,7 +190,7 @@ class FramePackPipeline:
                  height=None, width=None, seconds=None, num_frames=None, latent_window_size=9,
                  num_inference_steps=25, guidance_scale=10.0, true_cfg_scale=1.0, guidance_rescale=0.0,
                  generator=None, sampling_type=None, sampler=None, average_last_image_embeds=True, teacache=None,
-                 output_type="pt", callback=None):
+                 output_type="pt", callback=None, state_dir=None, resume=False):
         """Generate (B, F, 3, H, W) frames in [0, 1], F = (sections' frames - 1) // 4 * 4 + 1.
 
         preset: "official" (the official app's worker loop) or "diffusers" (HunyuanVideoFramepackPipeline); every
@@ -207,7 +215,13 @@ class FramePackPipeline:
         callback(event): event["kind"] "step" (section, sections, step, steps, latents, preview: uint8 (B h, T w, 3)
             of the predicted clean latents through the app's latent-to-RGB map, or None without 16 latent channels)
             or "section" (section, sections, start_s, end_s: its span in the final video, prompt, frames_so_far,
-            video: a function returning the frames so far (B, F, 3, H, W) on the CPU).
+            video: a function returning the frames so far (B, F, 3, H, W) on the CPU); with resume, first a
+            "resume" event (sections_done, sections, frames_so_far, video).
+        state_dir: a folder for the run's state, saved after every section (framepack_native.run_state); resume=True
+            continues the run saved there after its last finished section, with the same video as a run never
+            stopped; a state of other arguments, pictures, seed or weights is refused (run_state.ResumeError, a
+            ValueError naming what differs) before anything runs. A finished run's state stays (resuming it returns
+            the video at once); delete the folder when done.
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}; expected one of {OUTPUT_TYPES}")
@@ -237,6 +251,28 @@ class FramePackPipeline:
         if generator is None and p.seed is not None:
             generator = torch.Generator().manual_seed(p.seed)
         posterior_generator = second_generator(generator) if p.posterior == "second_generator" else generator
+        vae_t = self.vae.config.temporal_compression_ratio
+        if num_frames is not None:
+            sections = num_sections(num_frames, latent_window_size, vae_t)
+        elif seconds is not None or p.length == "sections":
+            sections = section_count(5.0 if seconds is None else seconds, latent_window_size, p.length, vae_t)
+        else:
+            sections = num_sections(129, latent_window_size, vae_t)  # diffusers' default num_frames
+        storage = "uint8" if output_type in ("uint8", "pil") else "float"
+        run = None
+        if state_dir is not None:
+            fingerprint = dict(
+                preset=preset, sampling_type=sampling_type, sampler=sampler, prompt=prompts,
+                negative_prompt=negative_prompt if do_cfg else None, true_cfg_scale=true_cfg_scale,
+                guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, image=picture_digest(image),
+                last_image=None if last_image is None else picture_digest(last_image),
+                average_last_image_embeds=average_last_image_embeds if last_image is not None else None,
+                height=height, width=width, sections=sections, latent_window_size=latent_window_size,
+                num_inference_steps=num_inference_steps, teacache=teacache, frames=storage,
+                seed=seed_digest(generator, device), dtype=str(dtype), device=device.type,
+                vae_tiling=bool(self.vae.use_tiling), kernel_backend=self.transformer.kernel_backend,
+                model=weights_digest(self.components))
+            run = RunState(state_dir, fingerprint, sections, resume)
 
         txt, txt_mask, pooled = self._encode_text(prompts, dtype)
         if do_cfg:
@@ -252,14 +288,7 @@ class FramePackPipeline:
             if average_last_image_embeds:
                 image_embeds = (image_embeds + last_embeds) / 2
 
-        vae_t = self.vae.config.temporal_compression_ratio
         h, w = height // self.vae.config.spatial_compression_ratio, width // self.vae.config.spatial_compression_ratio
-        if num_frames is not None:
-            sections = num_sections(num_frames, latent_window_size, vae_t)
-        elif seconds is not None or p.length == "sections":
-            sections = section_count(5.0 if seconds is None else seconds, latent_window_size, p.length, vae_t)
-        else:
-            sections = num_sections(129, latent_window_size, vae_t)  # diffusers' default num_frames
         if p.app_numerics:  # fm_wrapper / sample_hunyuan: scaled in float, then cast
             guidance = torch.full((B,), guidance_scale * 1000.0, device=device).to(dtype)
         else:
@@ -274,7 +303,13 @@ class FramePackPipeline:
         history, generated = history_init(image_latents, sampling_type)
         spilled = []  # older latents moved to the host: the device keeps what sections read and decode
         keep = device_history_frames(latent_window_size)
-        store = FrameStore("uint8" if output_type in ("uint8", "pil") else "float")
+        store = FrameStore(storage)
+        if run is not None and run.done:
+            history, generated, spilled, chunks, edge, side = run.restore(generator, device)
+            store = FrameStore.restore(storage, chunks, edge, side)
+            if callback is not None:
+                callback({"kind": "resume", "sections_done": run.done, "sections": sections,
+                          "frames_so_far": store.num_frames, "video": store.frames})
         previews = callback is not None and cfg.in_channels == len(LATENT_RGB)
 
         def velocity(x, sigma, context, caches):
@@ -294,7 +329,7 @@ class FramePackPipeline:
             sf = self.vae.config.scaling_factor
             return (z / sf).to(self.vae.dtype) if p.app_numerics else z.to(self.vae.dtype) / sf
 
-        for s in plan:
+        for s in plan[run.done if run is not None else 0:]:
             def check_finite(x, what, step=None):
                 if not bool(torch.isfinite(x).all()):
                     at = f"section {s.index + 1}/{sections}"
@@ -334,13 +369,17 @@ class FramePackPipeline:
                 # past `keep` the device buffer holds only the newest latents: all of them are real then
                 current = self.vae.decode(unscaled(s.latents_to_decode(history, min(generated, history.shape[2]))))
             check_finite(current, "decoded frames")
-            store.join(s, current)
+            chunk = store.join(s, current)
             del current
+            old = None
             if history.shape[2] > keep:  # constant device memory: the rest waits on the host for output "latent"
                 old, history = ((history[:, :, keep:], history[:, :, :keep]) if s.join == "front"
                                 else (history[:, :, :-keep], history[:, :, -keep:]))
-                spilled.insert(0, old.cpu()) if s.join == "front" else spilled.append(old.cpu())
+                old = old.cpu()
+                spilled.insert(0, old) if s.join == "front" else spilled.append(old)
                 history = history.clone()
+            if run is not None:
+                run.save(s.index, s.join, history, generated, old, chunk, store.edge, generator, device)
             if callback is not None:
                 callback({"kind": "section", "section": s.index, "sections": sections, "start_s": s.start_s,
                           "end_s": s.end_s, "prompt": prompt, "frames_so_far": store.num_frames,
@@ -356,6 +395,12 @@ class FramePackPipeline:
         if output_type == "np":
             return frames.permute(0, 1, 3, 4, 2).numpy()  # (B, F, H, W, 3) float32, diffusers' np layout
         return [[PIL.Image.fromarray(f.permute(1, 2, 0).numpy()) for f in video] for video in frames]  # "pil"
+
+    @property
+    def components(self):
+        """{name: module} of the five models."""
+        return dict(transformer=self.transformer, vae=self.vae, text_encoder=self.text_encoder,
+                    text_encoder_2=self.text_encoder_2, image_encoder=self.image_encoder)
 
     @property
     def transformer_dtype(self):

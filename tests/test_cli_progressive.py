@@ -32,8 +32,9 @@ def test_sigint_after_finished_sections_leaves_a_playable_mp4_of_them(tmp_path):
     n = frames.shape[0]
     # inverted sampling: the first section decodes 2 latents (5 frames), each later one adds 4 x 2 frames
     assert n >= first == 5 and (n - 5) % 8 == 0 and n < 4 * 13 * 2 + 1, n
-    assert err[-1] == f"interrupted; the {n} frames of the finished sections are in {out}", err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.mp4"]  # no temporary left beside it
+    assert err[-1] == (f"interrupted; the {n} frames of the finished sections are in {out}; run the same command "
+                       f"with --resume to continue (state in {out}.state)"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.mp4", "o.mp4.state"]  # no temporary left beside it
 
 
 def test_preview_png_and_the_final_video(tmp_path):
@@ -44,7 +45,7 @@ def test_preview_png_and_the_final_video(tmp_path):
     picture = np.asarray(PIL.Image.open(preview))
     assert picture.shape == (64 // 8, 2 * 96 // 8, 3) and picture.dtype == np.uint8  # latent h x (window * w)
     assert read_video(out).shape[0] == 4 * 2 * 2 + 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.mp4", "p.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.mp4", "p.png"]  # the finished run's state is gone
     bad = subprocess.run(DEMO + ["--out", str(out), "--preview", str(tmp_path / "p.jpg")], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
