@@ -27,6 +27,8 @@ class TeaCache:
     previous: Optional[torch.Tensor] = dataclasses.field(default=None, init=False)  # (B, L, D) last probe
     residual: Optional[torch.Tensor] = dataclasses.field(default=None, init=False)  # (B, Lw, D) output - input
     skipped: int = dataclasses.field(default=0, init=False)
+    computed: int = dataclasses.field(default=0, init=False)
+    probes_first_block = True  # FramePackTransformer refuses a model without a dual-stream block (not a field)
 
     def __post_init__(self):
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
@@ -52,7 +54,18 @@ class TeaCache:
         self.previous = modulated
         self.step = (self.step + 1) % self.num_steps
         self.skipped += not run
+        self.computed += run
         return run
+
+    def run(self, blocks, img, window, probe):
+        """The blocks' window rows (B, Lw, D), computed or img's window + the last residual (the cache protocol of
+        framepack_native.caches). blocks(rows) -> (B, R, D); img (B, Li, D); probe() -> the first block's
+        modulated img (B, Li, D), what compute() tests."""
+        if self.compute(probe()):
+            x = blocks(window)
+            self.residual = x - img[:, window]  # the blocks never write into img
+            return x
+        return img[:, window] + self.residual
 
 
 def _polyval(coefficients, x):

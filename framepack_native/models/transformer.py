@@ -4,6 +4,7 @@ Source: Zhang & Agrawala, "Packing Input Frame Context in Next-Frame Prediction 
 (2025), on HunyuanVideo (Kong et al., 2024). Parity reference: diffusers' HunyuanVideoFramepackTransformer3DModel.
 """
 import dataclasses
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -123,22 +124,27 @@ class FramePackTransformer(nn.Module):
     def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, pooled_projections,
                 image_embeds, indices_latents, guidance=None, latents_clean=None, indices_latents_clean=None,
                 latents_history_2x=None, indices_latents_history_2x=None, latents_history_4x=None,
-                indices_latents_history_4x=None, teacache=None):
+                indices_latents_history_4x=None, cache=None, teacache=None):
         """Velocity of the noisy window; arguments as diffusers' HunyuanVideoFramepackTransformer3DModel.forward.
 
         hidden_states (B, C, T, H, W); timestep (B,) or scalar; encoder_hidden_states (B, Lt, text_dim) with
         encoder_attention_mask (B, Lt) (valid tokens first); pooled_projections (B, pooled_dim); image_embeds
         (B, Li, image_dim); indices_latents (T,) frame indices (None: 0..T-1); guidance (B,) or scalar
         (ignored without guidance_embeds); latents_clean (B, C, Tc, H, W) / latents_history_2x /
-        latents_history_4x, each with its (T*,) indices or both None; teacache: a framepack_native.teacache.TeaCache
-        to skip the blocks on steps where their input barely moved (approximate). Returns (B, out_channels, T, H, W).
+        latents_history_4x, each with its (T*,) indices or both None; cache: one run's cache state (a
+        framepack_native.teacache.TeaCache or magcache.MagCache, made by framepack_native.caches) that may skip the
+        blocks on this step (approximate), teacache= its older name. Returns (B, out_channels, T, H, W).
         """
         histories = {"1x": (latents_clean, indices_latents_clean), "2x": (latents_history_2x,
                      indices_latents_history_2x), "4x": (latents_history_4x, indices_latents_history_4x)}
         lengths = self._check_inputs(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask,
                                      pooled_projections, image_embeds, indices_latents, guidance, histories)
-        if teacache is not None and not self.double_blocks:
-            raise ValueError("TeaCache tests the first dual-stream block's input; this model has none")
+        if teacache is not None:
+            if cache is not None:
+                raise ValueError("pass cache= or its older name teacache=, not both")
+            cache = teacache
+        if getattr(cache, "probes_first_block", False) and not self.double_blocks:
+            raise ValueError(f"{type(cache).__name__} tests the first dual-stream block's input; this model has none")
         c, backend = self.config, self.kernel_backend
         B, _, T, H, W = hidden_states.shape
         h, w = H // c.patch_size, W // c.patch_size
@@ -158,13 +164,13 @@ class FramePackTransformer(nn.Module):
             kv_lens = text_mask.sum(dim=1, dtype=torch.int32) + (n_img + image_embeds.shape[1])  # on the device
 
         window = slice(n_img - T * h * w, n_img)  # the noisy window's tokens, the only ones returned
-        if teacache is None:
-            x = self._blocks(img, txt, vec, cos, sin, kv_lens, window)
-        elif teacache.compute(self.double_blocks[0](img, txt, vec, cos, sin, kv_lens, backend, probe=True)):
-            x = self._blocks(img, txt, vec, cos, sin, kv_lens, window)
-            teacache.residual = x - img[:, window]  # the blocks never write into img
-        else:
-            x = img[:, window] + teacache.residual
+        blocks = functools.partial(self._blocks, img, txt, vec, cos, sin, kv_lens)  # rows -> (B, R, D)
+        if cache is None:
+            x = blocks(window)
+        else:  # the cache decides whether the blocks run (framepack_native.caches' protocol)
+            probe = (functools.partial(self.double_blocks[0], img, txt, vec, cos, sin, kv_lens, backend, probe=True)
+                     if self.double_blocks else None)  # TeaCache's test input
+            x = cache.run(blocks, img, window, probe)
 
         out = self.final_layer(x, vec)  # (B, T*h*w, pt*p*p*C)
         return rearrange(out, "B (T h w) (C pt ph pw) -> B C (T pt) (h ph) (w pw)", T=T, h=h, w=w,
