@@ -6,11 +6,9 @@ frames' PSNR against the exact run at the same seed (issue 16). The demo model (
 Official preset (UniPC, distilled guidance 10, cfg 1: one transformer call per step). "evaluations" counts the steps
 whose blocks ran (calls of the last single-stream block); a section's time runs from the previous section event to
 its own (its steps and its VAE decode; the first also the encoders); "transformer" is the time inside the
-transformer's forward. The pipeline runs each cache through cache= when it takes it; before that is wired, MagCache
-is handed to the transformer by a wrapper that starts one state per section (valid here: one call per step).
+transformer's forward. Each cache goes through the pipeline's cache= option.
 """
 import argparse
-import inspect
 import math
 import statistics
 import sys
@@ -38,16 +36,10 @@ def generate(pipe, image, config, args):
     """frames (B, F, 3, H, W), per-section (seconds, transformer seconds, evaluations, calls)."""
     transformer, forward = pipe.transformer, pipe.transformer.forward
     stats = {"calls": 0, "evaluations": 0, "seconds": 0.0}
-    wired = "cache" in inspect.signature(pipe.__call__).parameters
     state = {}
 
     def timed(*a, **k):
         state.setdefault("call", (a, k))  # the section's first call, for per_call()
-        if config is not None and not wired:
-            if stats["calls"] % args.steps == 0:  # one branch (cfg 1): a section is `steps` calls
-                state["run"] = config.start(args.steps, sampling_type=pipe.sampling_type, height=args.height,
-                                            width=args.width)
-            k = {**k, "teacache": None, "cache": state["run"]}
         stats["calls"] += 1
         start = time.perf_counter()
         out = forward(*a, **k)
@@ -67,14 +59,13 @@ def generate(pipe, image, config, args):
 
     transformer.forward = timed
     try:
-        kw = {"cache": config} if wired else {}
         frames = pipe(image, "waves roll toward the shore", height=args.height, width=args.width,
                       seconds=args.seconds, num_inference_steps=args.steps, callback=on_event,
-                      generator=torch.Generator().manual_seed(args.seed), **kw)
+                      generator=torch.Generator().manual_seed(args.seed), cache=config)
     finally:
         del transformer.forward
         hook.remove()
-    return frames, rows, wired, state["call"]
+    return frames, rows, state["call"]
 
 
 def per_call(transformer, call, repeats=20):
@@ -123,14 +114,13 @@ def main():
     frames, times, counts = {}, {name: [] for name in CACHES}, {}
     for _ in range(args.repeats):  # the caches alternate, so a load change on a shared host hits all of them
         for name, config in CACHES.items():
-            frames[name], rows, wired, call = generate(pipe, image, config, args)
+            frames[name], rows, call = generate(pipe, image, config, args)
             times[name] += rows[1:] or rows  # section 1 also runs the encoders
             counts[name] = [(r[2], r[3]) for r in rows]  # the same every repeat: the frames are
     print(f"device {device_name(device)}, torch {torch.__version__}, {args.dtype}, "
           f"{'demo model' if args.model is None else args.model}, {args.height} x {args.width}, window 9, "
           f"{args.steps} steps, {len(counts['none'])} sections, {pipe.sampling_type}, official preset (UniPC, "
-          f"cfg 1), seed {args.seed}, {args.repeats} repeats; cache= "
-          f"{'through the pipeline' if wired else 'by the wrapper'}")
+          f"cfg 1), seed {args.seed}, {args.repeats} repeats")
     t_run, t_skip = per_call(pipe.transformer, call)
     print(f"one transformer call (min of 20): blocks run {t_run * 1e3:.2f} ms, blocks skipped {t_skip * 1e3:.2f} ms")
     print("| cache | evaluations / section | skipped | s / section, median (min) | transformer s / section, median "

@@ -111,6 +111,15 @@ def _check_args(args):
         raise UsageError(str(e)) from None
     if args.teacache is not None:
         _check_range("--teacache", args.teacache, 0.0, 10.0)
+    from framepack_native.caches import cache_from_args
+    from framepack_native.lora import check_lora_file, parse_lora_arg
+    try:
+        args.cache_config = cache_from_args(args)
+        args.loras = [parse_lora_arg(text) for text in args.lora]
+        for path, _ in args.loras:
+            check_lora_file(path)  # a missing file, a pickle, a damaged header: before any model loads
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     _check_range("--guidance", args.guidance, 0.0, MAX_GUIDANCE)  # the app's sliders stop at 32
     _check_range("--cfg", args.cfg, 0.0, MAX_GUIDANCE)
     _check_device(args.device)
@@ -187,6 +196,8 @@ def _generate(args):
         pipe = FramePackPipeline.from_pretrained(args.model, dtype=dtype, device=args.device, offload=args.offload,
                                                  preset=args.preset)
         image, prompt = images["--image"], args.prompt
+    for path, strength in args.loras:  # merged into the weights; a LoRA that does not fit changes nothing
+        pipe.load_lora(path, strength)
     if args.vae_tiling:
         pipe.vae.enable_tiling()  # diffusers' tiles and overlaps, as the official app on GPUs under 60 GB
 
@@ -229,7 +240,7 @@ def _generate(args):
                      width=args.width, seconds=args.seconds, num_frames=args.num_frames,
                      latent_window_size=args.window, num_inference_steps=args.steps, guidance_scale=args.guidance,
                      true_cfg_scale=args.cfg, generator=generator, sampling_type=args.sampling, sampler=args.sampler,
-                     teacache=args.teacache, output_type="uint8", callback=progress, state_dir=state,
+                     cache=args.cache_config, output_type="uint8", callback=progress, state_dir=state,
                      resume=args.resume)
     except NonFiniteError as e:
         if bar is not None:
@@ -252,6 +263,9 @@ def _generate(args):
         write_mp4(path, video[0], fps=FPS, crf=args.crf)
     shutil.rmtree(state, ignore_errors=True)  # OUT is complete: its state is not needed any more
     print(f"wrote {path} ({video.shape[1]} frames, {video.shape[-1]}x{video.shape[-2]}, {FPS} fps)")
+    if args.magcache_calibrate:  # for --magcache-ratios FILE.json
+        import json
+        print(json.dumps(args.cache_config.calibrated_ratios()))
     return 0
 
 
@@ -300,6 +314,9 @@ def _generate_parser(gen):
     gen.add_argument("--teacache", type=finite_float, nargs="?", const=0.15, default=None, metavar="THRESHOLD",
                      help="skip the transformer on steps where its input barely moved (approximate, faster); "
                           "threshold 0..10, bare flag: 0.15 as the official app")
+    gen.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                     help="a LoRA file (safetensors: musubi/kohya, diffusers/PEFT or original HunyuanVideo keys), "
+                          "merged at STRENGTH (default 1); repeatable")
     gen.add_argument("--seed", type=int, default=None, help="-2**63 .. 2**64-1 (default 31337 official, 0 diffusers)")
     gen.add_argument("--sampling", default=None, help="inverted_anti_drifting | vanilla (default: the model's)")
     gen.add_argument("--sampler", default=None, help="unipc | euler (default: the preset's, unipc / euler)")
@@ -318,6 +335,8 @@ def _generate_parser(gen):
                           "in OUT.state after every section)")
     gen.add_argument("--preview", metavar="FILE.png",
                      help="write the latest step's preview (the predicted clean latents, the app's RGB map) here")
+    from framepack_native.caches import add_cache_arguments
+    add_cache_arguments(gen)
     gen.set_defaults(func=_generate)
 
 

@@ -11,12 +11,11 @@ import math
 import warnings
 from pathlib import Path
 
-import numpy as np
 import PIL.Image
 import torch
 
 from framepack_native.arguments import SAMPLERS, check_arguments, image_size, rescale_guidance  # noqa: F401
-from framepack_native.image import (SiglipProcessorConfig, center_crop_uint8, load_image, nearest_bucket,
+from framepack_native.image import (SiglipProcessorConfig, center_crop_uint8, nearest_bucket,
                                     siglip_pixels, siglip_pixels_uint8, to_uint8_picture, vae_pixels)
 from framepack_native.models import (CLIPTextEncoder, FramePackTransformer, HunyuanVideoVAE, LlamaTextEncoder,
                                      SiglipVisionEncoder)
@@ -24,13 +23,15 @@ from framepack_native.models.loading import check_manifest_files, read_manifest
 from framepack_native.noise import randn
 from framepack_native.frames import FrameStore
 from framepack_native.offload import on_device, streamed_blocks
-from framepack_native.presets import get_preset, resolve_dtypes, section_count
+from framepack_native.presets import get_preset, resolve_dtypes, second_generator, section_count
 from framepack_native.preview import LATENT_RGB, preview_picture
-from framepack_native.run_state import RunState, seed_digest, tensor_digest, weights_digest
+from framepack_native.run_state import RunState, picture_digest, seed_digest, weights_digest
 from framepack_native.prompt import CROP_START, HIDDEN_STATE_INDEX, HUNYUAN_TEMPLATE, MAX_SEQUENCE_LENGTH, encode_prompt
 from framepack_native.sampling import FlowMatchConfig, flow_sigmas, flux_sigmas, sample_euler, sample_unipc, shift_mu
-from framepack_native.sections import HISTORY_SIZES, SAMPLING_TYPES, history_init, num_sections, section_plan
-from framepack_native.teacache import TeaCache
+from framepack_native.sections import (SAMPLING_TYPES, device_history_frames, history_init, num_sections,  # noqa: F401
+                                       section_plan)
+from framepack_native.caches import resolve_cache
+from framepack_native.lora import loras
 from framepack_native.tokenizers import CLIPTokenizer, LlamaTokenizer
 from framepack_native.weights import CheckpointError, open_checkpoint
 
@@ -48,24 +49,6 @@ class NonFiniteError(RuntimeError):
 
 class PromptTruncated(UserWarning):
     """A prompt longer than the Llama encoder's 256 tokens: only its first 256 condition the video."""
-
-
-def device_history_frames(latent_window_size):
-    """Latent frames of the history kept on the device: what a section reads (1 + 2 + 16) or decodes (2 W + 1)."""
-    return max(sum(HISTORY_SIZES), 2 * latent_window_size + 1)
-
-
-def picture_digest(image):
-    """sha256 of an input picture as load_image reads it (a path, PIL image, array or tensor)."""
-    image = load_image(image)
-    return tensor_digest(torch.from_numpy(np.array(image)) if isinstance(image, PIL.Image.Image) else image)
-
-
-def second_generator(generator):
-    """The official preset's posterior generator: seeded initial_seed + 1 (the app draws it from the global RNG)."""
-    if isinstance(generator, list):
-        return [second_generator(g) for g in generator]
-    return torch.Generator(generator.device).manual_seed((generator.initial_seed() + 1) % 2**64)
 
 
 class FramePackPipeline:
@@ -189,8 +172,8 @@ class FramePackPipeline:
     def __call__(self, image, prompt, *, preset="official", last_image=None, negative_prompt=None, resolution=640,
                  height=None, width=None, seconds=None, num_frames=None, latent_window_size=9,
                  num_inference_steps=25, guidance_scale=10.0, true_cfg_scale=1.0, guidance_rescale=0.0,
-                 generator=None, sampling_type=None, sampler=None, average_last_image_embeds=True, teacache=None,
-                 output_type="pt", callback=None, state_dir=None, resume=False):
+                 generator=None, sampling_type=None, sampler=None, average_last_image_embeds=True, cache=None,
+                 teacache=None, output_type="pt", callback=None, state_dir=None, resume=False):
         """Generate (B, F, 3, H, W) frames in [0, 1], F = (sections' frames - 1) // 4 * 4 + 1.
 
         preset: "official" (the official app's worker loop) or "diffusers" (HunyuanVideoFramepackPipeline); every
@@ -206,8 +189,10 @@ class FramePackPipeline:
         (official) or torch's global RNG (diffusers);
         average_last_image_embeds: with last_image, condition on the mean of both SigLIP embeddings (FramePack
         PR #167); diffusers (0.42) computes that mean but passes the first image's embeddings only: False does that.
-        teacache: None (exact), or a threshold (the official app's default: 0.15) to skip the transformer's blocks
-        on steps where their input barely moved (framepack_native.teacache; approximate, faster).
+        cache: None (exact), "teacache" (the official app's, threshold 0.15), "magcache" (FramePack-Studio's
+        defaults) or a framepack_native.caches config with its parameters: skip the transformer's blocks on some
+        steps, reusing their last residual (approximate, faster); teacache=THRESHOLD: the same as
+        cache=TeaCacheConfig(THRESHOLD).
         output_type: "pt" (float32 (B, F, 3, H, W) in [0, 1], the default), "uint8" (the same layout as uint8: no
         float copy of the video anywhere), "np" (float32 (B, F, H, W, 3)), "pil" (B lists of F PIL images) or
         "latent" (the generated latents (B, C, 1 + S * W, h, w) in video order); all on the CPU. Decoded frames
@@ -231,12 +216,11 @@ class FramePackPipeline:
         check_arguments(prompt, last_image, height, width, num_frames, latent_window_size, num_inference_steps,
                         sampling_type, sampler, seconds, negative_prompt)
         scales = {"guidance_scale": guidance_scale, "true_cfg_scale": true_cfg_scale,
-                  "guidance_rescale": guidance_rescale, "teacache": 0.0 if teacache is None else teacache}
+                  "guidance_rescale": guidance_rescale}
         for name, value in scales.items():
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}")  # NaN would give a black video
-        if teacache is not None and (isinstance(teacache, bool) or teacache < 0):
-            raise ValueError(f"teacache must be a threshold >= 0 (the official app's: 0.15) or None, got {teacache}")
+        cache = resolve_cache(cache, teacache)
         if height is None:
             height, width = nearest_bucket(*image_size(image), resolution)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -268,10 +252,10 @@ class FramePackPipeline:
                 last_image=None if last_image is None else picture_digest(last_image),
                 average_last_image_embeds=average_last_image_embeds if last_image is not None else None,
                 height=height, width=width, sections=sections, latent_window_size=latent_window_size,
-                num_inference_steps=num_inference_steps, teacache=teacache, frames=storage,
+                num_inference_steps=num_inference_steps, cache=repr(cache), frames=storage,
                 seed=seed_digest(generator, device), dtype=str(dtype), device=device.type,
                 vae_tiling=bool(self.vae.use_tiling), kernel_backend=self.transformer.kernel_backend,
-                model=weights_digest(self.components))
+                model=weights_digest(self.components), loras=[repr(lora) for lora in loras(self.transformer)])
             run = RunState(state_dir, fingerprint, sections, resume)
 
         txt, txt_mask, pooled = self._encode_text(prompts, dtype)
@@ -316,9 +300,9 @@ class FramePackPipeline:
             t = (sigma * 1000.0).expand(B).to(device)
             if p.app_numerics:
                 t = t.to(dtype)
-            pred = self.transformer(x.to(dtype), t, txt, txt_mask, pooled, **context, teacache=caches[0])
+            pred = self.transformer(x.to(dtype), t, txt, txt_mask, pooled, **context, cache=caches[0])
             if do_cfg:
-                neg = self.transformer(x.to(dtype), t, neg_txt, neg_mask, neg_pooled, **context, teacache=caches[1])
+                neg = self.transformer(x.to(dtype), t, neg_txt, neg_mask, neg_pooled, **context, cache=caches[1])
                 if p.app_numerics:  # fm_wrapper combines in float32
                     pred, neg = pred.float(), neg.float()
                 pred_cfg = neg + true_cfg_scale * (pred - neg)
@@ -351,8 +335,10 @@ class FramePackPipeline:
                            indices_latents_clean=s.indices_clean, latents_history_2x=h2.to(dtype),
                            indices_latents_history_2x=s.indices_2x, latents_history_4x=h4.to(dtype),
                            indices_latents_history_4x=s.indices_4x)
-            # One TeaCache per guidance branch and section (the official app starts one per section).
-            caches = [None, None] if teacache is None else [TeaCache(num_inference_steps, teacache) for _ in range(2)]
+            # One cache state per guidance branch and section (the official app starts its TeaCache per section).
+            caches = [None, None] if cache is None else [
+                cache.start(num_inference_steps, sampling_type=sampling_type, height=height, width=width)
+                for _ in range(2)]
             noise = randn((B, cfg.in_channels, latent_window_size, h, w), generator, device)
             with streamed_blocks(self.transformer, device) if self.offload else contextlib.nullcontext():
                 if sampler == "euler":
@@ -361,7 +347,7 @@ class FramePackPipeline:
                 else:
                     latents = sample_unipc(lambda x, sig: x.float() - velocity(x, sig, context, caches) * sig, noise,
                                            sigmas, callback=on_step)
-            caches = None  # TeaCache's tensors (~0.2 GB a branch at 640x640) are not kept through the decode
+            caches = None  # the residuals (~0.2 GB a branch at 640x640) are not kept through the decode
             check_finite(latents, "latents", num_inference_steps - 1)
 
             history, generated = s.join_latents(history, generated, latents, image_latents)

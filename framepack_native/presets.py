@@ -96,3 +96,10 @@ def resolve_dtypes(dtype, device, preset):
 def _check_dtype(name, value):
     if not (isinstance(value, torch.dtype) and value.is_floating_point):
         raise ValueError(f"{name} must be a floating-point torch.dtype (e.g. torch.bfloat16), got {value!r}")
+
+
+def second_generator(generator):
+    """The official preset's posterior generator: seeded initial_seed + 1 (the app draws it from the global RNG)."""
+    if isinstance(generator, list):
+        return [second_generator(g) for g in generator]
+    return torch.Generator(generator.device).manual_seed((generator.initial_seed() + 1) % 2**64)

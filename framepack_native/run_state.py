@@ -14,9 +14,12 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import torch
 
 from framepack_native.files import write_text_atomic
+from framepack_native.image import load_image
 from framepack_native.weights import save_safetensors
 
 STATE_FILE = "state.json"
@@ -34,6 +37,12 @@ def tensor_digest(tensor):
     h = hashlib.sha256(f"{t.dtype} {tuple(t.shape)}".encode())
     h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def picture_digest(image):
+    """sha256 of an input picture as load_image reads it (a path, PIL image, array or tensor)."""
+    image = load_image(image)
+    return tensor_digest(torch.from_numpy(np.array(image)) if isinstance(image, PIL.Image.Image) else image)
 
 
 def weights_digest(modules, samples=64):

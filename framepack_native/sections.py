@@ -191,3 +191,8 @@ def section_plan(sampling_type, sections, latent_window_size, *, last_image=Fals
             overlap=(window - 1) * temporal_ratio + 1, start_frame=start_frame, end_frame=end_frame,
             start_s=start_frame / fps, end_s=(end_frame + 1) / fps))
     return plan
+
+
+def device_history_frames(latent_window_size):
+    """Latent frames of the history kept on the device: what a section reads (1 + 2 + 16) or decodes (2 W + 1)."""
+    return max(sum(HISTORY_SIZES), 2 * latent_window_size + 1)

@@ -44,13 +44,13 @@ def one_thread():
 @pytest.fixture
 def teacaches(monkeypatch):
     """Every TeaCache the pipeline makes during the test, in order of creation."""
-    import framepack_native.pipeline
+    import framepack_native.teacache
     made = []
 
-    class Recorded(framepack_native.pipeline.TeaCache):
+    class Recorded(framepack_native.teacache.TeaCache):
         def __post_init__(self):
             super().__post_init__()
             made.append(self)
 
-    monkeypatch.setattr(framepack_native.pipeline, "TeaCache", Recorded)
+    monkeypatch.setattr(framepack_native.teacache, "TeaCache", Recorded)
     return made

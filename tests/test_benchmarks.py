@@ -57,6 +57,17 @@ def test_long_video():
     assert [(float(s), int(n)) for s, n in rows] == [(0.5, 2), (1.5, 6)], out  # round(s * 30 / 8) sections
 
 
+def test_lora():
+    out = run("lora.py", "--tiny", "--threads", "1")
+    assert "unload restores every bit: True" in out, out
+
+
+def test_caches():
+    out = run("caches.py", "--steps", "3", "--seconds", "1", "--repeats", "1")
+    assert re.search(r"\| none \| 3 of 3 \| 0 of \d+ \|", out), out
+    assert numbers(r"\| magcache 0\.1/K2/0\.25 \| [\d/]+ of 3 \| (\d+) of \d+ \|", out)[0] >= 1  # it skips
+
+
 def test_load_memory():
     out = run("load_memory.py", "--gib", "0.1")
     assert out.count("PASS") == 2 and "FAIL" not in out, out

@@ -77,7 +77,7 @@ def test_a_finished_state_returns_the_video_without_running(pipe, tmp_path, monk
     (dict(guidance_scale=5.0), "guidance_scale 10.0 -> 5.0"),
     (dict(sections=4), "sections 3 -> 4"),
     (dict(output_type="uint8"), "frames 'float' -> 'uint8'"),
-    (dict(teacache=0.1), "teacache None -> 0.1"),
+    (dict(teacache=0.1), "cache 'None' -> 'TeaCacheConfig(threshold=0.1)'"),
     (dict(image=torch.rand(3, 32, 32)), "image (another picture)"),
 ])
 def test_another_runs_state_is_refused_and_kept(pipe, tmp_path, change, named):
