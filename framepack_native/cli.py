@@ -381,9 +381,13 @@ def main(argv=None):
         import torch
         args = _defaults(build_parser().parse_args(argv))
 
+        def kept():  # what a failed generation keeps, when it kept anything
+            said = STATE["unfinished"]() if args.func is _generate else "no video written"
+            return "" if said == "no video written" else f"; {said}"
+
         def host_oom():
-            line = "error: out of host memory (RAM); close other programs, or try a smaller --height / --width"
-            return line + ("" if args.func is not _generate else f"; {STATE['unfinished']()}")
+            return ("error: out of host memory (RAM); close other programs, or try a smaller --height / --width"
+                    + kept())
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = lambda message, *rest, **kw: print(f"warning: {message}", file=sys.stderr)
@@ -396,7 +400,7 @@ def main(argv=None):
             if args.func is _generate:
                 remedies = [flag for flag, on in (("--offload", args.offload), ("--vae-tiling", args.vae_tiling))
                             if not on] + ["a smaller --height / --width"]
-                first += f"; try {', '.join(remedies)}; {STATE['unfinished']()}"
+                first += f"; try {', '.join(remedies)}{kept()}"
             print(f"error: {first}", file=sys.stderr)
             return 1
         except RuntimeError as e:
