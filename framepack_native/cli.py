@@ -6,7 +6,6 @@ import argparse
 import math
 import os
 import re
-import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -129,6 +128,11 @@ def _check_args(args):
         raise UsageError(f"{state}: the run state's folder for --out {args.out} exists and is not a folder")
     if args.resume and not (state / "state.json").is_file():
         raise UsageError(f"--resume: no saved run for --out {args.out} (no {state / 'state.json'})")
+    if not args.resume and (state / "state.json").is_file():  # a new run would replace the stopped one's sections
+        raise UsageError(f"{state} holds a stopped run for --out {args.out}: add --resume to continue it, or delete "
+                         f"{state} to start again")
+    if args.resume and args.magcache_calibrate:
+        raise UsageError("--magcache-calibrate must see every section of the run: it does not go with --resume")
     if args.preview:
         _check_out(Path(args.preview), [args.image, args.last_image], suffix=".png", what="--preview")
     if not args.demo:
@@ -234,6 +238,7 @@ def _generate(args):
     STATE["unfinished"] = unfinished
     generator = torch.Generator().manual_seed(args.seed)
     from framepack_native.pipeline import NonFiniteError
+    from framepack_native.run_state import RunState
     try:
         video = pipe(image, prompt, preset=args.preset, last_image=images.get("--last-image"),
                      negative_prompt=args.negative_prompt, resolution=args.resolution, height=args.height,
@@ -247,8 +252,13 @@ def _generate(args):
             bar.close()
         print(f"error: {e}; {STATE['unfinished']()}", file=sys.stderr)
         return 1
+    except OSError as e:  # a full disk or a lost folder mid-run: one line, and what the run kept
+        if bar is not None:
+            bar.close()
+        print(f"error: {e}; {STATE['unfinished']()}", file=sys.stderr)
+        return 1
     except Exception as e:
-        if isinstance(e, (ValueError, OSError, MemoryError)) or _out_of_memory(e):
+        if isinstance(e, (ValueError, MemoryError)) or _out_of_memory(e):
             raise  # bad input and out-of-memory: one line from main
         if bar is not None:
             bar.close()
@@ -261,7 +271,7 @@ def _generate(args):
     path = Path(args.out)
     if written[:1] != [video.shape[1]]:  # a resumed run that was already complete: no section event wrote it
         write_mp4(path, video[0], fps=FPS, crf=args.crf)
-    shutil.rmtree(state, ignore_errors=True)  # OUT is complete: its state is not needed any more
+    RunState(state, {}, 0).remove()  # OUT is complete: its state's files are not needed any more (only those)
     print(f"wrote {path} ({video.shape[1]} frames, {video.shape[-1]}x{video.shape[-2]}, {FPS} fps)")
     if args.magcache_calibrate:  # for --magcache-ratios FILE.json
         import json

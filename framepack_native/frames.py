@@ -4,6 +4,9 @@ frames the next soft append cross-fades (Section.overlap of them, on the join si
 Joining gives exactly the frames Section.join_pixels would give on the whole video (the same soft_append on the same
 values), so the output does not depend on where the frames are kept.
 """
+import ctypes
+import ctypes.util
+
 import torch
 
 from framepack_native.sections import soft_append
@@ -75,3 +78,24 @@ class FrameStore:
         parts = [edge, *self.chunks] if self.side == "front" else [*self.chunks, edge]
         video = torch.cat(parts, dim=1)
         return video if keep is None else video[:, :keep]
+
+
+_LIBC = []
+
+
+def trim_host_heap():
+    """Give the host memory freed since the last call back to the system (glibc's malloc_trim; elsewhere nothing).
+
+    A section's float intermediates (VAE activations, the float frames before uint8) are freed when it ends, but glibc
+    keeps most of such freed heap for reuse, so without this the resident set of a long run grows ~3.5x faster than
+    the frames it keeps (measured: 55 MiB for 15 MiB of frames over a 30 s demo run; with it, 19.5 MiB).
+    """
+    if not _LIBC:
+        name = ctypes.util.find_library("c")
+        try:
+            libc = ctypes.CDLL(name) if name else None
+            _LIBC.append(libc if libc is not None and hasattr(libc, "malloc_trim") else None)
+        except OSError:
+            _LIBC.append(None)
+    if _LIBC[0] is not None:
+        _LIBC[0].malloc_trim(0)

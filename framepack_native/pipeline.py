@@ -21,11 +21,12 @@ from framepack_native.models import (CLIPTextEncoder, FramePackTransformer, Huny
                                      SiglipVisionEncoder)
 from framepack_native.models.loading import check_manifest_files, read_manifest
 from framepack_native.noise import randn
-from framepack_native.frames import FrameStore
+from framepack_native.frames import FrameStore, trim_host_heap
 from framepack_native.offload import on_device, streamed_blocks
 from framepack_native.presets import get_preset, resolve_dtypes, second_generator, section_count
 from framepack_native.preview import LATENT_RGB, preview_picture
-from framepack_native.run_state import RunState, picture_digest, seed_digest, weights_digest
+from framepack_native.files import sha256
+from framepack_native.run_state import RunState, picture_digest, seed_digest, vae_tiling, weights_digest
 from framepack_native.prompt import CROP_START, HIDDEN_STATE_INDEX, HUNYUAN_TEMPLATE, MAX_SEQUENCE_LENGTH, encode_prompt
 from framepack_native.sampling import FlowMatchConfig, flow_sigmas, flux_sigmas, sample_euler, sample_unipc, shift_mu
 from framepack_native.sections import (SAMPLING_TYPES, device_history_frames, history_init, num_sections,  # noqa: F401
@@ -244,6 +245,10 @@ class FramePackPipeline:
             sections = num_sections(129, latent_window_size, vae_t)  # diffusers' default num_frames
         storage = "uint8" if output_type in ("uint8", "pil") else "float"
         run = None
+        if resume and state_dir is None:
+            raise ValueError("resume=True needs the state_dir of the run to resume")
+        if resume and getattr(cache, "calibrate", False):
+            raise ValueError("a MagCache calibration must see every section: it cannot resume a run")
         if state_dir is not None:
             fingerprint = dict(
                 preset=preset, sampling_type=sampling_type, sampler=sampler, prompt=prompts,
@@ -254,8 +259,9 @@ class FramePackPipeline:
                 height=height, width=width, sections=sections, latent_window_size=latent_window_size,
                 num_inference_steps=num_inference_steps, cache=repr(cache), frames=storage,
                 seed=seed_digest(generator, device), dtype=str(dtype), device=device.type,
-                vae_tiling=bool(self.vae.use_tiling), kernel_backend=self.transformer.kernel_backend,
-                model=weights_digest(self.components), loras=[repr(lora) for lora in loras(self.transformer)])
+                vae_tiling=vae_tiling(self.vae), kernel_backend=self.transformer.kernel_backend,
+                scheduler=repr(self.scheduler), torch=torch.__version__, model=weights_digest(self.components),
+                loras=[(sha256(lora.path), lora.strength, lora.live) for lora in loras(self.transformer)])
             run = RunState(state_dir, fingerprint, sections, resume)
 
         txt, txt_mask, pooled = self._encode_text(prompts, dtype)
@@ -361,11 +367,12 @@ class FramePackPipeline:
             if history.shape[2] > keep:  # constant device memory: the rest waits on the host for output "latent"
                 old, history = ((history[:, :, keep:], history[:, :, :keep]) if s.join == "front"
                                 else (history[:, :, :-keep], history[:, :, -keep:]))
-                old = old.cpu()
+                old = old.clone(memory_format=torch.contiguous_format).cpu()  # a view would keep the whole buffer
                 spilled.insert(0, old) if s.join == "front" else spilled.append(old)
                 history = history.clone()
             if run is not None:
                 run.save(s.index, s.join, history, generated, old, chunk, store.edge, generator, device)
+            trim_host_heap()  # the section's freed float intermediates back to the system: host memory ~ frames kept
             if callback is not None:
                 callback({"kind": "section", "section": s.index, "sections": sections, "start_s": s.start_s,
                           "end_s": s.end_s, "prompt": prompt, "frames_so_far": store.num_frames,

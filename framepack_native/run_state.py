@@ -10,8 +10,10 @@ Every file is written to a temporary name and renamed; state.json last, so a cra
 the last section whose state.json landed (files of a later, unfinished section are ignored and overwritten).
 Nothing is unpickled: tensors are safetensors, the rest JSON.
 """
+import contextlib
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,14 @@ from framepack_native.weights import save_safetensors
 STATE_FILE = "state.json"
 FORMAT = "framepack_native-run"
 VERSION = 1
+
+
+_NAMES = re.compile(r"state\.json|(section|tail)-\d{4,}\.safetensors|\..+\.tmp")  # what a state writes
+
+
+def _ours(name):
+    """Whether a file name is one a run state writes (its files and their temporaries)."""
+    return _NAMES.fullmatch(name) is not None
 
 
 class ResumeError(ValueError):
@@ -55,9 +65,17 @@ def weights_digest(modules, samples=64):
             h.update(f"{prefix}.{name} {t.dtype} {tuple(t.shape)};".encode())
             flat = t.detach().reshape(-1)
             if flat.numel():
-                idx = torch.linspace(0, flat.numel() - 1, min(samples, flat.numel()), device=flat.device).long()
+                k = min(samples, flat.numel())  # integer positions, the same on every device
+                idx = (torch.arange(k) * (flat.numel() - 1) // max(k - 1, 1)).to(flat.device)
                 h.update(flat[idx].float().cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+def vae_tiling(vae):
+    """The VAE's tiling settings (None when off): they change the decoded frames."""
+    if not vae.use_tiling:
+        return None
+    return {k: v for k, v in sorted(vars(vae).items()) if k.startswith("tile_")}
 
 
 def _generators(generator, device):
@@ -102,10 +120,30 @@ class RunState:
     `restore` then reads. `done` counts the finished sections."""
 
     def __init__(self, folder, fingerprint, sections, resume=False):
-        self.folder, self.fingerprint, self.sections = Path(folder), fingerprint, sections
+        self.folder, self.sections = Path(folder), sections
+        try:  # as it reads back from state.json (tuples become lists), checked before any section runs
+            self.fingerprint = json.loads(json.dumps(fingerprint))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"the run's arguments cannot be saved with its state ({e}); pass plain numbers, "
+                             "strings and lists") from None
         self.done, self.generated, self.joins, self._fresh = 0, 0, [], not resume
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ResumeError(f"{self.folder}: not a folder (the run state's folder)")
         if resume:
             self._read()
+        elif self.folder.is_dir() and any(p for p in self.folder.iterdir() if not _ours(p.name)):
+            raise ResumeError(f"{self.folder}: holds files that are not a run state; name an empty or new folder for "
+                              "state_dir")
+
+    def remove(self):
+        """Delete the state's files (only those a run state writes) and the folder, if it is empty then."""
+        if not self.folder.is_dir():
+            return
+        for p in self.folder.iterdir():
+            if _ours(p.name) and p.is_file():
+                p.unlink()
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()
 
     @property
     def complete(self):
@@ -168,10 +206,8 @@ class RunState:
         if section != self.done:
             raise ValueError(f"section {section} finished, but the state holds {self.done} sections")
         if self._fresh:  # a new run: the folder's old state goes now, as its first section lands
+            self.remove()
             self.folder.mkdir(parents=True, exist_ok=True)
-            (self.folder / STATE_FILE).unlink(missing_ok=True)
-            for old in self.folder.glob("*.safetensors"):
-                old.unlink()
             self._fresh = False
         part = {name: t.contiguous().cpu() for name, t in (("spilled", spilled), ("frames", chunk)) if t is not None}
         save_safetensors(self.folder / f"section-{section:04d}.safetensors", part)

@@ -70,14 +70,17 @@ def test_bad_lora_files_are_one_line(tmp_path, lora_file):
     out = tmp_path / "o.mp4"
     (tmp_path / "x.pt").write_bytes(pickle.dumps({"lora_unet_x.lora_down.weight": [1.0]}))
     (tmp_path / "cut.safetensors").write_bytes(Path(lora_file).read_bytes()[:100])
+    ref_lora.save(tmp_path / "unknown.safetensors", {"lora_unet_no_such_module.lora_down.weight": torch.ones(2, 4),
+                                                     "lora_unet_no_such_module.lora_up.weight": torch.ones(4, 2)})
     cases = {str(tmp_path / "missing.safetensors"): "missing.safetensors",
+             str(tmp_path / "unknown.safetensors"): "lora_unet_no_such_module",  # found when the model is there
              str(tmp_path / "x.pt"): "x.pt",
              str(tmp_path / "cut.safetensors"): "cut.safetensors",
              f"{lora_file}:nan": "no such file"}  # only a trailing decimal number is a strength
     for arg, named in cases.items():
         line = error_line(cli(ARGS + ["--out", str(out), "--lora", arg]))
         assert line.startswith("error: ") and named in line, line
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.safetensors", "x.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.safetensors", "unknown.safetensors", "x.pt"]
 
 
 def test_magcache_runs_and_calibration_prints_the_ratios(tmp_path):

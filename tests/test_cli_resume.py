@@ -148,6 +148,16 @@ def test_a_resume_with_other_arguments_is_refused(tmp_path, stopped, change, dif
     assert snapshot(tmp_path) == before
 
 
+def test_a_new_run_over_a_stopped_one_is_refused(tmp_path, stopped):
+    shutil.copytree(stopped, tmp_path, dirs_exist_ok=True)
+    out = tmp_path / "o.mp4"
+    before = snapshot(tmp_path)
+    line = cli(ARGS + ["--out", str(out)]).stderr.strip().splitlines()
+    assert line == [f"error: {out}.state holds a stopped run for --out {out}: add --resume to continue it, or "
+                    f"delete {out}.state to start again"]
+    assert snapshot(tmp_path) == before
+
+
 def test_resume_without_a_saved_run_is_one_line(tmp_path):
     out = tmp_path / "o.mp4"
     proc = cli(ARGS + ["--out", str(out), "--resume"])

@@ -4,6 +4,7 @@ old latents are spilled to the host; another run's state is refused naming what 
 damaged states are refused with one line; a new run replaces an old state only when its own first section lands."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -156,3 +157,29 @@ def test_a_new_run_replaces_an_old_state_only_when_its_first_section_lands(pipe,
     assert sorted(p.name for p in state.iterdir()) == ["section-0000.safetensors", "state.json",
                                                        "tail-0000.safetensors"]
     assert json.loads((state / "state.json").read_text())["sections"] == 4
+
+
+def test_a_folder_of_other_files_is_never_a_state(pipe, tmp_path):
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    (folder / "mine.safetensors").write_bytes(b"not ours")
+    with pytest.raises(ResumeError, match="holds files that are not a run state"):
+        run(pipe, 2, "vanilla", state_dir=folder)
+    assert [p.name for p in folder.iterdir()] == ["mine.safetensors"]
+
+
+def test_arguments_that_cannot_be_saved_fail_before_any_section(pipe, tmp_path):
+    with pytest.raises(ValueError, match="cannot be saved with its state"):  # json has no numpy scalars
+        run(pipe, 2, "vanilla", state_dir=tmp_path / "s", guidance_scale=np.float32(10.0))
+    assert not (tmp_path / "s").exists()
+    # a tuple reads back as a list: resuming with the same tuple is the same run
+    state = tmp_path / "t"
+    with pytest.raises(Stop):
+        run(pipe, 2, "vanilla", state_dir=state, negative_prompt=("blurry",), true_cfg_scale=2.0,
+            callback=stop_after(1))
+    run(pipe, 2, "vanilla", state_dir=state, resume=True, negative_prompt=("blurry",), true_cfg_scale=2.0)
+
+
+def test_resume_needs_a_state_dir(pipe):
+    with pytest.raises(ValueError, match="resume=True needs the state_dir"):
+        run(pipe, 2, "vanilla", resume=True)
