@@ -181,8 +181,8 @@ def read_ratios_file(path, flag="--magcache-ratios"):
     return check_ratios(ratios, what=f"{flag} {path}: ratios")
 
 
-def _finite_float(text):
-    """argparse type: a finite float."""
+def finite_float(text):
+    """argparse type: a finite float (nan and inf are refused); the CLI's too."""
     try:
         value = float(text)
     except ValueError:
@@ -198,11 +198,11 @@ def add_cache_arguments(parser):
     group.add_argument("--cache", choices=CACHES, default=None,
                        help="skip the transformer's blocks on some steps: teacache (the official app's) or "
                             "magcache (FramePack-Studio's default)")
-    group.add_argument("--cache-threshold", type=_finite_float, default=None, metavar="FLOAT",
+    group.add_argument("--cache-threshold", type=finite_float, default=None, metavar="FLOAT",
                        help="the cache's threshold (default: teacache 0.15, magcache 0.1)")
     group.add_argument("--magcache-k", type=int, default=None, metavar="INT",
                        help="MagCache: at most this many steps skipped in a row (default 2)")
-    group.add_argument("--magcache-retention", type=_finite_float, default=None, metavar="FLOAT",
+    group.add_argument("--magcache-retention", type=finite_float, default=None, metavar="FLOAT",
                        help="MagCache: this fraction of the first steps always runs (default 0.25)")
     group.add_argument("--magcache-ratios", default=None, metavar="FILE.json",
                        help="MagCache: one's own ratios, a JSON list (default: the published tables)")

@@ -3,12 +3,12 @@
 Bad input ends with one line on stderr and exit code 2, no traceback and no output file.
 """
 import argparse
-import math
 import os
 import sys
 import traceback
 from pathlib import Path
 
+from framepack_native.caches import finite_float
 from framepack_native.cli_checks import (DTYPES, FPS, MAX_FRAMES, MAX_SECONDS, MAX_SIZE, MAX_STEPS,  # noqa: F401
                                          MAX_WINDOW, PRESET_NAMES, UsageError, _check_args, state_folder)
 
@@ -27,17 +27,6 @@ def save_png(path, picture):
 class Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(message)
-
-
-def finite_float(text):
-    """argparse type: a finite float (nan and inf are refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
 
 
 def _generate(args):
