@@ -2,8 +2,10 @@
 anything loads), and the small rules around them: classifier-free guidance's rescale and the input image's size."""
 import math
 
+from framepack_native.conditioning import prompt_schedule_of
 from framepack_native.image import load_image
-from framepack_native.sections import SAMPLING_TYPES
+from framepack_native.presets import section_count
+from framepack_native.sections import SAMPLING_TYPES, num_sections, section_plan
 
 SAMPLERS = ("euler", "unipc")
 
@@ -21,11 +23,10 @@ def check_arguments(prompt, last_image, height, width, num_frames, latent_window
                     sampling_type, sampler, seconds=None, negative_prompt=None):
     """Raise ValueError naming the culprit for generation arguments the pipeline cannot run (also used by the
     CLI before any model loads). height / width may both be None (the resolution bucket decides)."""
-    if not isinstance(prompt, str) and not (isinstance(prompt, (list, tuple)) and prompt
-                                            and all(isinstance(p, str) for p in prompt)):
-        raise ValueError(f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}")
-    for name, texts in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-        for text in [texts] if isinstance(texts, str) else texts or []:
+    schedule = prompt_schedule_of(prompt)  # ValueError for anything but the accepted forms
+    texts = schedule.prompts if schedule is not None else [prompt] if isinstance(prompt, str) else prompt
+    for name, group in (("prompt", texts), ("negative_prompt", negative_prompt)):
+        for text in [group] if isinstance(group, str) else group or []:
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError as e:  # undecodable bytes on a command line arrive as lone surrogates
@@ -54,3 +55,21 @@ def image_size(image):
     """(height, width) of a load_image input."""
     image = load_image(image)
     return (image.height, image.width) if hasattr(image, "height") else tuple(image.shape[-2:])
+
+
+def run_sections_count(preset, seconds, num_frames, latent_window_size, temporal_ratio=4):
+    """How many sections a run makes: num_frames (enough sections to cover them), else seconds as the preset counts
+    them (presets.section_count), else 5 s (official) or diffusers' default of 129 frames."""
+    if num_frames is not None:
+        return num_sections(num_frames, latent_window_size, temporal_ratio)
+    if seconds is not None or preset.length == "sections":
+        return section_count(5.0 if seconds is None else seconds, latent_window_size, preset.length, temporal_ratio)
+    return num_sections(129, latent_window_size, temporal_ratio)
+
+
+def run_plan(preset, sampling_type, seconds, num_frames, latent_window_size, last_image=False, temporal_ratio=4):
+    """The section_plan of a run (generation order), from its length arguments: what the CLI checks a prompt
+    schedule and keyframes against before any model loads."""
+    sections = run_sections_count(preset, seconds, num_frames, latent_window_size, temporal_ratio)
+    return section_plan(sampling_type, sections, latent_window_size, last_image=last_image,
+                        temporal_ratio=temporal_ratio)

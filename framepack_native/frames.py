@@ -37,13 +37,16 @@ class FrameStore:
         unit = to_unit(video)
         return (to_uint8(unit) if self.storage == "uint8" else unit).cpu()  # uint8 crosses to the host: 4x less
 
-    def join(self, section, current):
-        """Add a section's decoded frames (B, 3, F', H, W) on its join side (Section.join_pixels); returns the host
-        chunk it added (B, f, 3, H, W), or None when every frame so far is still in the edge."""
-        overlap, front = section.overlap, section.join == "front"
+    def join(self, section, current, edge_frames=None):
+        """Add a section's decoded frames (B, 3, F', H, W) on its join side (Section.join_pixels), keeping the
+        newest edge_frames (default: section.overlap, what the next section of the same plan blends) on the device;
+        returns the host chunk it added (B, f, 3, H, W), or None when every frame so far is still in the edge."""
+        front = section.join == "front"
         if self.edge is not None:
-            current = soft_append(current, self.edge, overlap) if front else soft_append(self.edge, current, overlap)
+            o = section.overlap
+            current = soft_append(current, self.edge, o) if front else soft_append(self.edge, current, o)
             # the old edge is inside `current` now (blended), so current replaces it
+        overlap = section.overlap if edge_frames is None else edge_frames
         if current.shape[2] <= overlap:  # too short to spare an edge (the first of short sections): all on device
             self.edge, self.side = current, section.join
             return None

@@ -14,38 +14,30 @@ from pathlib import Path
 import PIL.Image
 import torch
 
-from framepack_native.arguments import SAMPLERS, check_arguments, image_size, rescale_guidance  # noqa: F401
+from framepack_native.arguments import SAMPLERS, check_arguments, image_size, rescale_guidance, run_sections_count  # noqa: F401
+from framepack_native.conditioning import check_keyframe_embeds, plan_keyframes, plan_prompts
+from framepack_native.encoding import section_inputs, section_texts
+from framepack_native.extension import DEFAULT_CONTEXT_LATENTS, extended_plan, read_source
 from framepack_native.image import (SiglipProcessorConfig, center_crop_uint8, nearest_bucket,
                                     siglip_pixels, siglip_pixels_uint8, to_uint8_picture, vae_pixels)
 from framepack_native.models import (CLIPTextEncoder, FramePackTransformer, HunyuanVideoVAE, LlamaTextEncoder,
                                      SiglipVisionEncoder)
 from framepack_native.models.loading import check_manifest_files, read_manifest
-from framepack_native.noise import randn
-from framepack_native.frames import FrameStore, trim_host_heap
+from framepack_native.frames import FrameStore
 from framepack_native.offload import on_device, streamed_blocks
-from framepack_native.presets import get_preset, resolve_dtypes, second_generator, section_count
-from framepack_native.preview import LATENT_RGB, preview_picture
+from framepack_native.presets import get_preset, resolve_dtypes, second_generator
 from framepack_native.files import sha256
 from framepack_native.run_state import RunState, picture_digest, seed_digest, vae_tiling, weights_digest
 from framepack_native.prompt import CROP_START, HIDDEN_STATE_INDEX, HUNYUAN_TEMPLATE, MAX_SEQUENCE_LENGTH, encode_prompt
-from framepack_native.sampling import FlowMatchConfig, flow_sigmas, flux_sigmas, sample_euler, sample_unipc, shift_mu
-from framepack_native.sections import (SAMPLING_TYPES, device_history_frames, history_init, num_sections,  # noqa: F401
-                                       section_plan)
+from framepack_native.sampling import FlowMatchConfig, flow_sigmas, flux_sigmas, shift_mu
+from framepack_native.section_loop import LoopState, NonFiniteError, Sampling, all_latents, run_sections  # noqa: F401
+from framepack_native.sections import SAMPLING_TYPES, history_init, num_sections, section_plan  # noqa: F401
 from framepack_native.caches import resolve_cache
 from framepack_native.lora import loras
 from framepack_native.tokenizers import CLIPTokenizer, LlamaTokenizer
 from framepack_native.weights import CheckpointError, open_checkpoint
 
 OUTPUT_TYPES = ("pt", "uint8", "np", "pil", "latent")
-
-
-class NonFiniteError(RuntimeError):
-    """A section's latents or frames went NaN / inf; `frames` holds the finished sections' frames
-    (B, F, 3, H, W) in [0, 1], or None when none had finished."""
-
-    def __init__(self, message, frames=None):
-        super().__init__(message)
-        self.frames = frames
 
 
 class PromptTruncated(UserWarning):
@@ -174,12 +166,25 @@ class FramePackPipeline:
                  height=None, width=None, seconds=None, num_frames=None, latent_window_size=9,
                  num_inference_steps=25, guidance_scale=10.0, true_cfg_scale=1.0, guidance_rescale=0.0,
                  generator=None, sampling_type=None, sampler=None, average_last_image_embeds=True, cache=None,
-                 teacache=None, output_type="pt", callback=None, state_dir=None, resume=False):
+                 teacache=None, blend_sections=0, keyframes=None, keyframe_embeds=0.0, video=None,
+                 context_latents=DEFAULT_CONTEXT_LATENTS, output_type="pt", callback=None, state_dir=None,
+                 resume=False):
         """Generate (B, F, 3, H, W) frames in [0, 1], F = (sections' frames - 1) // 4 * 4 + 1.
 
         preset: "official" (the official app's worker loop) or "diffusers" (HunyuanVideoFramepackPipeline); every
         explicit argument overrides its preset's value (framepack_native.presets, README's preset table).
         image / last_image: a path, PIL image, array or tensor (one image, used for every prompt);
+        prompt: a string, a batch of strings, or one video's timestamped prompt ("[0s-2s: a cat sleeps] [2s: the
+        cat wakes up]", a PromptSchedule, [(start_seconds, text), ...]): each section uses the prompt active at its
+        start in the final video; blend_sections > 0 mixes the embeddings over that many sections after each change
+        (framepack_native.conditioning);
+        keyframes: {seconds: image}, each anchoring the section whose span holds it (its latent as the section's
+        clean start latent; keyframe_embeds in [0, 1]: its SigLIP embedding's weight); one at the last frame is the
+        last image (framepack_native.conditioning);
+        video: frames (F, 3, H, W) (float in [0, 1] or uint8) or a video file to extend forward (vanilla
+        sampling): its last context_latents latents condition the new sections, the output is its frames
+        unchanged followed by the new ones, blended across one overlap (framepack_native.extension); image None
+        takes the video's first frame;
         resolution: without height / width, the app's nearest bucket for the image's aspect ratio (640: 14 buckets);
         seconds: the length at 30 fps, as the preset counts sections (official: round(seconds * 30 / (4 * window)));
         num_frames: the length in frames instead (enough sections to cover it); neither: 5 s (official) or 129
@@ -200,20 +205,26 @@ class FramePackPipeline:
         leave the device section by section (framepack_native.frames): device memory does not grow with the length.
         callback(event): event["kind"] "step" (section, sections, step, steps, latents, preview: uint8 (B h, T w, 3)
             of the predicted clean latents through the app's latent-to-RGB map, or None without 16 latent channels)
-            or "section" (section, sections, start_s, end_s: its span in the final video, prompt, frames_so_far,
-            video: a function returning the frames so far (B, F, 3, H, W) on the CPU); with resume, first a
-            "resume" event (sections_done, sections, frames_so_far, video).
+            or "section" (section, sections, start_s, end_s: its span in the final video, prompt: the text it used,
+            prompt_weights: [(text, weight)] when blended, frames_so_far, video: a function returning the frames so
+            far (B, F, 3, H, W) on the CPU); with resume, first a "resume" event (sections_done, sections,
+            frames_so_far, video).
         state_dir: a folder for the run's state, saved after every section (framepack_native.run_state); resume=True
             continues the run saved there after its last finished section, with the same video as a run never
             stopped; a state of other arguments, pictures, seed or weights is refused (run_state.ResumeError, a
             ValueError naming what differs) before anything runs. A finished run's state stays (resuming it returns
-            the video at once); delete the folder when done.
+            the video at once; a vanilla run resumed with a longer length is extended by the sections it lacks,
+            exactly as one run of that length); delete the folder when done.
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}; expected one of {OUTPUT_TYPES}")
         p = get_preset(preset)
         sampling_type = sampling_type or self.sampling_type
         sampler = sampler or p.sampler
+        vae_t = self.vae.config.temporal_compression_ratio
+        source = None if video is None else read_source(video, sampling_type, context_latents, vae_t)
+        if image is None and source is not None:
+            image = source.first_frame
         check_arguments(prompt, last_image, height, width, num_frames, latent_window_size, num_inference_steps,
                         sampling_type, sampler, seconds, negative_prompt)
         scales = {"guidance_scale": guidance_scale, "true_cfg_scale": true_cfg_scale,
@@ -222,27 +233,34 @@ class FramePackPipeline:
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}")  # NaN would give a black video
         cache = resolve_cache(cache, teacache)
+        keyframe_embeds = check_keyframe_embeds(keyframe_embeds)
         if height is None:
             height, width = nearest_bucket(*image_size(image), resolution)
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        B, dtype, device = len(prompts), self.transformer_dtype, self.device
+        if source is not None:
+            source.check_size(height, width)
+        sections = run_sections_count(p, seconds, num_frames, latent_window_size, vae_t)
+        plan = section_plan(sampling_type, sections, latent_window_size, last_image=last_image is not None,
+                            temporal_ratio=vae_t)
+        keys, last_image = plan_keyframes(keyframes, extended_plan(plan, source), last_image=last_image)
+        if last_image is not None and not plan[0].uses_last_image:  # the last image came as a keyframe
+            plan = section_plan(sampling_type, sections, latent_window_size, last_image=True, temporal_ratio=vae_t)
+        plan = extended_plan(plan, source)
+        prompt_plan = plan_prompts(prompt, plan, blend_sections)
+        B, dtype, device = (1 if not prompt_plan.batch else len(prompt_plan.texts)), self.transformer_dtype, self.device
         if abs(guidance_scale) * 1000 > torch.finfo(dtype).max:  # the guidance embedding's input, x 1000
             raise ValueError(f"guidance_scale {guidance_scale:g} x 1000 overflows the transformer's {dtype} "
                              f"(at most {torch.finfo(dtype).max / 1000:g})")
-        cfg = self.transformer.config
         if negative_prompt is None:
             negative_prompt = p.cfg_negative
         do_cfg = negative_prompt is not None and (true_cfg_scale != 1 if p.app_numerics else true_cfg_scale > 1)
+        negs = None
+        if do_cfg:
+            negs = [negative_prompt] * B if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(negs) != B:
+                raise ValueError(f"{len(negs)} negative prompts for {B} prompts")
         if generator is None and p.seed is not None:
             generator = torch.Generator().manual_seed(p.seed)
         posterior_generator = second_generator(generator) if p.posterior == "second_generator" else generator
-        vae_t = self.vae.config.temporal_compression_ratio
-        if num_frames is not None:
-            sections = num_sections(num_frames, latent_window_size, vae_t)
-        elif seconds is not None or p.length == "sections":
-            sections = section_count(5.0 if seconds is None else seconds, latent_window_size, p.length, vae_t)
-        else:
-            sections = num_sections(129, latent_window_size, vae_t)  # diffusers' default num_frames
         storage = "uint8" if output_type in ("uint8", "pil") else "float"
         run = None
         if resume and state_dir is None:
@@ -251,138 +269,72 @@ class FramePackPipeline:
             raise ValueError("a MagCache calibration must see every section: it cannot resume a run")
         if state_dir is not None:
             fingerprint = dict(
-                preset=preset, sampling_type=sampling_type, sampler=sampler, prompt=prompts,
+                preset=preset, sampling_type=sampling_type, sampler=sampler,
+                prompt=prompt_plan.fingerprint(blend_sections),
                 negative_prompt=negative_prompt if do_cfg else None, true_cfg_scale=true_cfg_scale,
                 guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, image=picture_digest(image),
                 last_image=None if last_image is None else picture_digest(last_image),
                 average_last_image_embeds=average_last_image_embeds if last_image is not None else None,
-                height=height, width=width, sections=sections, latent_window_size=latent_window_size,
+                keyframes=[[k.seconds, picture_digest(k.image)] for k in keys] or None,
+                keyframe_embeds=keyframe_embeds if keys else None,
+                video=None if source is None else source.fingerprint(),
+                height=height, width=width, latent_window_size=latent_window_size,
                 num_inference_steps=num_inference_steps, cache=repr(cache), frames=storage,
                 seed=seed_digest(generator, device), dtype=str(dtype), device=device.type,
                 vae_tiling=vae_tiling(self.vae), kernel_backend=self.transformer.kernel_backend,
                 scheduler=repr(self.scheduler), torch=torch.__version__, model=weights_digest(self.components),
                 loras=[(sha256(lora.path), lora.strength, lora.live) for lora in loras(self.transformer)])
+            if sampling_type != "vanilla":  # vanilla sections do not depend on the length: a longer run extends it
+                fingerprint["sections"] = sections
             run = RunState(state_dir, fingerprint, sections, resume)
 
-        txt, txt_mask, pooled = self._encode_text(prompts, dtype)
-        if do_cfg:
-            negs = [negative_prompt] * B if isinstance(negative_prompt, str) else list(negative_prompt)
-            if len(negs) != B:
-                raise ValueError(f"{len(negs)} negative prompts for {B} prompts")
-            neg_txt, neg_mask, neg_pooled = self._encode_text(negs, dtype)
-        image_embeds, image_latents = self._encode_image(image, B, height, width, posterior_generator, dtype,
-                                                         p.image_fit)
+        texts = section_texts(self, prompt_plan, dtype)  # every distinct prompt once, then the negative one
+        neg = self._encode_text(negs, dtype) if do_cfg else None
+        # posterior draws: the start image, the last image, then the keyframes (framepack_native.encoding)
+        def encode(picture):
+            return self._encode_image(picture, B, height, width, posterior_generator, dtype, p.image_fit)
+        image_embeds, image_latents = encode(image)
+        last_latents = None
         if last_image is not None:
-            last_embeds, last_latents = self._encode_image(last_image, B, height, width, posterior_generator, dtype,
-                                                           p.image_fit)
+            last_embeds, last_latents = encode(last_image)
             if average_last_image_embeds:
                 image_embeds = (image_embeds + last_embeds) / 2
+        inputs = section_inputs(plan, texts, neg, image_embeds, image_latents, keys, keyframe_embeds,
+                                encode, dtype)
 
         h, w = height // self.vae.config.spatial_compression_ratio, width // self.vae.config.spatial_compression_ratio
         if p.app_numerics:  # fm_wrapper / sample_hunyuan: scaled in float, then cast
             guidance = torch.full((B,), guidance_scale * 1000.0, device=device).to(dtype)
         else:
             guidance = torch.full((B,), guidance_scale, dtype=dtype, device=device) * 1000.0
-        seq_len = latent_window_size * h * w / cfg.patch_size**2
+        seq_len = latent_window_size * h * w / self.transformer.config.patch_size**2
         if p.schedule == "resolution":  # the app's constants, whatever the scheduler config says
             sigmas = flux_sigmas(num_inference_steps, shift_mu(seq_len)).to(device)
         else:
             sigmas = flow_sigmas(num_inference_steps, self.scheduler, mu=shift_mu(seq_len, self.scheduler)).to(device)
-        plan = section_plan(sampling_type, sections, latent_window_size, last_image=last_image is not None,
-                            temporal_ratio=vae_t)
-        history, generated = history_init(image_latents, sampling_type)
-        spilled = []  # older latents moved to the host: the device keeps what sections read and decode
-        keep = device_history_frames(latent_window_size)
-        store = FrameStore(storage)
+        sampling = Sampling(sigmas, sampler, num_inference_steps, guidance, true_cfg_scale, guidance_rescale,
+                            p.app_numerics, cache, sampling_type, height, width, latent_window_size, dtype)
+        if source is None:
+            history, generated = history_init(image_latents, sampling_type)
+            state = LoopState(history, generated, [], FrameStore(storage), image_latents, last_latents)
+        else:
+            state = source.start(self, storage, B, device, latent_window_size, image_latents)
         if run is not None and run.done:
-            history, generated, spilled, chunks, edge, side = run.restore(generator, device)
-            store = FrameStore.restore(storage, chunks, edge, side)
+            state.history, state.generated, state.spilled, chunks, edge, side = run.restore(generator, device)
+            state.store = FrameStore.restore(storage, chunks, edge, side)
+            if source is not None and source.num_frames > source.overlap(latent_window_size):
+                state.store.chunks.insert(0, source.head(B, storage, latent_window_size))  # the input's frames are not in the state
             if callback is not None:
                 callback({"kind": "resume", "sections_done": run.done, "sections": sections,
-                          "frames_so_far": store.num_frames, "video": store.frames})
-        previews = callback is not None and cfg.in_channels == len(LATENT_RGB)
-
-        def velocity(x, sigma, context, caches):
-            t = (sigma * 1000.0).expand(B).to(device)
-            if p.app_numerics:
-                t = t.to(dtype)
-            pred = self.transformer(x.to(dtype), t, txt, txt_mask, pooled, **context, cache=caches[0])
-            if do_cfg:
-                neg = self.transformer(x.to(dtype), t, neg_txt, neg_mask, neg_pooled, **context, cache=caches[1])
-                if p.app_numerics:  # fm_wrapper combines in float32
-                    pred, neg = pred.float(), neg.float()
-                pred_cfg = neg + true_cfg_scale * (pred - neg)
-                pred = rescale_guidance(pred_cfg.float(), pred.float(), guidance_rescale)
-            return pred.float()
-
-        def unscaled(z):  # the app divides in float32 and casts; diffusers casts first
-            sf = self.vae.config.scaling_factor
-            return (z / sf).to(self.vae.dtype) if p.app_numerics else z.to(self.vae.dtype) / sf
-
-        for s in plan[run.done if run is not None else 0:]:
-            def check_finite(x, what, step=None):
-                if not bool(torch.isfinite(x).all()):
-                    at = f"section {s.index + 1}/{sections}"
-                    at += "" if step is None else f", step {step + 1}/{num_inference_steps}"
-                    raise NonFiniteError(f"non-finite {what} at {at} (an overflow: lower --guidance / --cfg, or use "
-                                         "--dtype bf16 / fp32)", store.frames() if store.num_frames else None)
-
-            def on_step(d):
-                check_finite(d["x"], "latents", d["i"])
-                check_finite(d["denoised"], "latents", d["i"])
-                if callback is not None:
-                    callback({"kind": "step", "section": s.index, "sections": sections, "step": d["i"],
-                              "steps": num_inference_steps, "latents": d["x"], "denoised": d["denoised"],
-                              "preview": preview_picture(d["denoised"]) if previews else None})
-
-            h1, h2, h4 = s.read_history(history, last_latents if last_image is not None else None)
-            context = dict(image_embeds=image_embeds, indices_latents=s.indices_latents, guidance=guidance,
-                           latents_clean=torch.cat((image_latents, h1), dim=2).to(dtype),
-                           indices_latents_clean=s.indices_clean, latents_history_2x=h2.to(dtype),
-                           indices_latents_history_2x=s.indices_2x, latents_history_4x=h4.to(dtype),
-                           indices_latents_history_4x=s.indices_4x)
-            # One cache state per guidance branch and section (the official app starts its TeaCache per section).
-            caches = [None, None] if cache is None else [
-                cache.start(num_inference_steps, sampling_type=sampling_type, height=height, width=width)
-                for _ in range(2)]
-            noise = randn((B, cfg.in_channels, latent_window_size, h, w), generator, device)
-            with streamed_blocks(self.transformer, device) if self.offload else contextlib.nullcontext():
-                if sampler == "euler":
-                    latents = sample_euler(lambda x, sig: velocity(x, sig, context, caches), noise, sigmas,
-                                           callback=on_step)
-                else:
-                    latents = sample_unipc(lambda x, sig: x.float() - velocity(x, sig, context, caches) * sig, noise,
-                                           sigmas, callback=on_step)
-            caches = None  # the residuals (~0.2 GB a branch at 640x640) are not kept through the decode
-            check_finite(latents, "latents", num_inference_steps - 1)
-
-            history, generated = s.join_latents(history, generated, latents, image_latents)
-            with self._on_device(self.vae):
-                # past `keep` the device buffer holds only the newest latents: all of them are real then
-                current = self.vae.decode(unscaled(s.latents_to_decode(history, min(generated, history.shape[2]))))
-            check_finite(current, "decoded frames")
-            chunk = store.join(s, current)
-            del current
-            old = None
-            if history.shape[2] > keep:  # constant device memory: the rest waits on the host for output "latent"
-                old, history = ((history[:, :, keep:], history[:, :, :keep]) if s.join == "front"
-                                else (history[:, :, :-keep], history[:, :, -keep:]))
-                old = old.clone(memory_format=torch.contiguous_format).cpu()  # a view would keep the whole buffer
-                spilled.insert(0, old) if s.join == "front" else spilled.append(old)
-                history = history.clone()
-            if run is not None:
-                run.save(s.index, s.join, history, generated, old, chunk, store.edge, generator, device)
-            trim_host_heap()  # the section's freed float intermediates back to the system: host memory ~ frames kept
-            if callback is not None:
-                callback({"kind": "section", "section": s.index, "sections": sections, "start_s": s.start_s,
-                          "end_s": s.end_s, "prompt": prompt, "frames_so_far": store.num_frames,
-                          "video": store.frames})
+                          "frames_so_far": state.store.num_frames, "video": state.store.frames})
+        run_sections(self, plan, inputs, sampling, state, first=run.done if run is not None else 0, run=run,
+                     generator=generator, callback=callback)
 
         if output_type == "latent":
-            full = torch.cat([history.cpu(), *spilled] if plan[-1].join == "front" else [*spilled, history.cpu()],
-                             dim=2)
-            return plan[-1].real_latents(full, generated)  # (B, C, 1 + S * W, h, w), video order
-        frames = store.frames(keep=(store.num_frames - 1) // vae_t * vae_t + 1)  # (B, F, 3, H, W) on the CPU
+            return all_latents(state, plan)  # (B, C, 1 + S * W, h, w), video order
+        store = state.store
+        keep = None if source is not None else (store.num_frames - 1) // vae_t * vae_t + 1
+        frames = store.frames(keep=keep)  # (B, F, 3, H, W) on the CPU
         if output_type in ("pt", "uint8"):
             return frames
         if output_type == "np":

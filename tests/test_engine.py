@@ -81,8 +81,8 @@ def test_section_events_tile_the_video(pipe):
 def test_latents_spilled_to_the_host_change_nothing(pipe, sampling_type, monkeypatch):
     """7 sections of 4 latents: the device buffer is cut to its newest 19 latents again and again (vanilla decodes
     from it with more latents generated than it holds); the video equals a run that keeps the whole buffer."""
-    import framepack_native.pipeline as pipeline
+    import framepack_native.section_loop as section_loop
     kw = dict(num_frames=7 * 13, latent_window_size=4, num_inference_steps=1, sampling_type=sampling_type)
     spilled = run(pipe, **kw)
-    monkeypatch.setattr(pipeline, "device_history_frames", lambda window: 10**6)
+    monkeypatch.setattr(section_loop, "device_history_frames", lambda window: 10**6)
     assert torch.equal(run(pipe, **kw), spilled) and spilled.shape[1] == 4 * 7 * 4 + 1

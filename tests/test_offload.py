@@ -83,6 +83,7 @@ def test_offloaded_pipeline_streams_the_llama_layers(monkeypatch):
     """With offload the text encoder is streamed layer by layer (the transformer block by block), not moved whole;
     the small components are moved whole."""
     import framepack_native.pipeline as pipeline
+    import framepack_native.section_loop as section_loop
     streamed, whole = [], []
 
     def spy(model, device, block_lists=offload.BLOCK_LISTS):
@@ -93,7 +94,8 @@ def test_offloaded_pipeline_streams_the_llama_layers(monkeypatch):
         whole.append(type(module).__name__)
         return offload.on_device(module, device, offload_)
 
-    monkeypatch.setattr(pipeline, "streamed_blocks", spy)
+    monkeypatch.setattr(pipeline, "streamed_blocks", spy)  # the Llama encoder's, in the pipeline
+    monkeypatch.setattr(section_loop, "streamed_blocks", spy)  # the transformer's, in the section loop
     monkeypatch.setattr(pipeline, "on_device", whole_spy)
     pipe = demo_pipeline(seed=3)
     pipe.offload = True
