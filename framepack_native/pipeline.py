@@ -235,7 +235,7 @@ class FramePackPipeline:
         cache = resolve_cache(cache, teacache)
         keyframe_embeds = check_keyframe_embeds(keyframe_embeds)
         if height is None:
-            height, width = nearest_bucket(*image_size(image), resolution)
+            height, width = source.size() if source is not None else nearest_bucket(*image_size(image), resolution)
         if source is not None:
             source.check_size(height, width)
         sections = run_sections_count(p, seconds, num_frames, latent_window_size, vae_t)
