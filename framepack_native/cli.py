@@ -42,13 +42,13 @@ def _generate(args):
         print("framepack-native demo: a tiny FramePack with RANDOM weights (no download); the video shows the "
               "pipeline running end to end, not a meaningful result.", file=sys.stderr)
         pipe = demo_pipeline(seed=args.seed, device=args.device)
-        image = images.get("--image", demo_image())
+        image = images.get("--image", None if args.extend else demo_image())
         prompt = DEMO_PROMPT if args.prompt is None else args.prompt
     else:
         from framepack_native import FramePackPipeline
         pipe = FramePackPipeline.from_pretrained(args.model, dtype=dtype, device=args.device, offload=args.offload,
                                                  preset=args.preset)
-        image, prompt = images["--image"], args.prompt
+        image, prompt = images.get("--image"), args.prompt
     for path, strength in args.loras:  # merged into the weights; a LoRA that does not fit changes nothing
         pipe.load_lora(path, strength)
     if args.vae_tiling:
@@ -94,7 +94,9 @@ def _generate(args):
                      width=args.width, seconds=args.seconds, num_frames=args.num_frames,
                      latent_window_size=args.window, num_inference_steps=args.steps, guidance_scale=args.guidance,
                      true_cfg_scale=args.cfg, generator=generator, sampling_type=args.sampling, sampler=args.sampler,
-                     cache=args.cache_config, output_type="uint8", callback=progress, state_dir=state,
+                     cache=args.cache_config, blend_sections=args.blend_sections, keyframes=args.keyframes,
+                     keyframe_embeds=args.keyframe_embeds, video=args.extend_frames,
+                     context_latents=args.context_latents, output_type="uint8", callback=progress, state_dir=state,
                      resume=args.resume)
     except NonFiniteError as e:
         if bar is not None:
@@ -150,7 +152,8 @@ def _generate_parser(gen):
                      help="official: the official app's loop (default); diffusers: diffusers' FramePack pipeline")
     gen.add_argument("--model", help="a folder written by `python -m weights_convert`")
     gen.add_argument("--image", help="the first frame (PNG, JPEG, ...)")
-    gen.add_argument("--prompt", help="what happens in the video")
+    gen.add_argument("--prompt", help="what happens in the video; timestamped: '[0s-2s: a cat sleeps] [2s: the cat "
+                                      "wakes up]' (each section uses the prompt active at its start)")
     gen.add_argument("--last-image", help="the last frame (inverted anti-drifting sampling only)")
     gen.add_argument("--negative-prompt", help="with --cfg > 1: what to steer away from")
     length = gen.add_mutually_exclusive_group()
@@ -195,7 +198,9 @@ def _generate_parser(gen):
     gen.add_argument("--preview", metavar="FILE.png",
                      help="write the latest step's preview (the predicted clean latents, the app's RGB map) here")
     from framepack_native.caches import add_cache_arguments
+    from framepack_native.cli_control import add_control_arguments
     add_cache_arguments(gen)
+    add_control_arguments(gen)
     gen.set_defaults(func=_generate)
 
 
@@ -213,7 +218,7 @@ def _defaults(args):
     if args.command != "generate":
         return args
     demo = args.demo
-    if demo:  # the demo model's own size, not a bucket
+    if demo and not args.extend:  # the demo model's own size, not a bucket (an extended video keeps its own)
         args.height = 64 if args.height is None else args.height
         args.width = 96 if args.width is None else args.width
     if args.seed is None:

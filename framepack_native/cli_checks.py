@@ -89,7 +89,8 @@ def _check_args(args):
     _check_range("--guidance", args.guidance, 0.0, MAX_GUIDANCE)  # the app's sliders stop at 32
     _check_range("--cfg", args.cfg, 0.0, MAX_GUIDANCE)
     _check_device(args.device)
-    _check_out(Path(args.out), [args.image, args.last_image])
+    keyframe_files = [text.partition(":")[2] for text in args.keyframe]
+    _check_out(Path(args.out), [args.image, args.last_image, args.extend, *keyframe_files])
     state = state_folder(args.out)
     if state.exists() and (state.is_symlink() or not state.is_dir()):
         raise UsageError(f"{state}: the run state's folder for --out {args.out} exists and is not a folder")
@@ -101,10 +102,11 @@ def _check_args(args):
     if args.resume and args.magcache_calibrate:
         raise UsageError("--magcache-calibrate must see every section of the run: it does not go with --resume")
     if args.preview:
-        _check_out(Path(args.preview), [args.image, args.last_image], suffix=".png", what="--preview")
+        _check_out(Path(args.preview), [args.image, args.last_image, args.extend, *keyframe_files], suffix=".png",
+                   what="--preview")
     if not args.demo:
-        if not args.model or not args.image or args.prompt is None:
-            raise UsageError("--model, --image and --prompt are required (or --demo)")
+        if not args.model or not (args.image or args.extend) or args.prompt is None:
+            raise UsageError("--model, --image (or --extend) and --prompt are required (or --demo)")
         if not Path(args.model).is_dir():
             raise UsageError(f"--model {args.model}: no such folder")
     images = {}
@@ -114,6 +116,8 @@ def _check_args(args):
                 images[flag] = load_image(path)
             except ValueError as e:
                 raise UsageError(f"{flag} {e}") from None
+    from framepack_native.cli_control import check_control
+    check_control(args, sampling or "inverted_anti_drifting", images)
     return frames, images
 
 

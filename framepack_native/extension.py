@@ -120,8 +120,8 @@ class VideoSource:
 def read_source(video, sampling_type, context_latents, temporal_ratio=4):
     """Check and read a video to extend -> VideoSource; ValueError naming the culprit (before any model runs)."""
     if sampling_type != "vanilla":
-        raise ValueError("extending a video needs vanilla sampling (F1: sampling_type='vanilla'); inverted "
-                         "anti-drifting generates the end first and cannot continue a given beginning")
+        raise ValueError("extending a video needs vanilla sampling (the F1 model; sampling_type='vanilla', "
+                         "--sampling vanilla): inverted anti-drifting generates the end first and cannot continue a given beginning")
     if isinstance(context_latents, bool) or not isinstance(context_latents, int) \
             or not 1 <= context_latents <= DEFAULT_CONTEXT_LATENTS:
         raise ValueError(f"context_latents must be an int in 1..{DEFAULT_CONTEXT_LATENTS} (the history a section "
