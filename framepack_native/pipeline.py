@@ -113,6 +113,12 @@ class FramePackPipeline:
         """Apply a LoRA to the transformer (repeatable: several at once, each with its strength)."""
         return self.transformer.load_lora(path, strength, **options)
 
+    def one_frame(self, image, prompt, **options):
+        """One frame at a chosen time index from control images (musubi's one-frame inference; kisekaeichi and 1f-mc
+        are recipes): framepack_native.one_frame.generate_one_frame, whose docstring lists the options."""
+        from framepack_native.one_frame import generate_one_frame
+        return generate_one_frame(self, image, prompt, **options)
+
     def unload_lora(self):
         """Remove every LoRA from the transformer, its weights restored bit for bit."""
         return self.transformer.unload_lora()

@@ -75,31 +75,50 @@ class LoopState:
     last_latents: torch.Tensor | None
 
 
+def guided_velocity(transformer, x, sigma, cond, context, caches, sampling):
+    """The velocity of x (B, C, T, h, w) at sigma under cond (SectionInputs: text, mask, pooled, neg) and the frame
+    inputs `context`, with classifier-free guidance when cond.neg is set -> float32 like x."""
+    B, dtype, device = x.shape[0], sampling.dtype, sampling.guidance.device
+    t = (sigma * 1000.0).expand(B).to(device)
+    if sampling.app_numerics:
+        t = t.to(dtype)
+    pred = transformer(x.to(dtype), t, cond.txt, cond.mask, cond.pooled, **context, cache=caches[0])
+    if cond.neg is not None:
+        neg = transformer(x.to(dtype), t, *cond.neg, **context, cache=caches[1])
+        if sampling.app_numerics:  # fm_wrapper combines in float32
+            pred, neg = pred.float(), neg.float()
+        pred_cfg = neg + sampling.true_cfg_scale * (pred - neg)
+        pred = rescale_guidance(pred_cfg.float(), pred.float(), sampling.guidance_rescale)
+    return pred.float()
+
+
+def unscale(vae, z, app_numerics):
+    """Scaled latents -> the VAE decoder's input: the app divides in float32 and casts; diffusers casts first."""
+    sf = vae.config.scaling_factor
+    return (z / sf).to(vae.dtype) if app_numerics else z.to(vae.dtype) / sf
+
+
+def sample(sampling, velocity, noise, callback=None):
+    """Run the sampler over sampling.sigmas from noise with velocity(x, sigma) -> the clean latents (float32)."""
+    if sampling.sampler == "euler":
+        return sample_euler(velocity, noise, sampling.sigmas, callback=callback)
+    return sample_unipc(lambda x, sig: x.float() - velocity(x, sig) * sig, noise, sampling.sigmas, callback=callback)
+
+
 def run_sections(pipe, plan, inputs, sampling, state, *, first=0, run=None, generator=None, callback=None):
     """Generate plan[first:] (inputs[k]: the SectionInputs of plan[k]) into `state`; returns it."""
     transformer, vae, device = pipe.transformer, pipe.vae, pipe.device
     cfg, sections, steps = transformer.config, len(plan), sampling.steps
-    B, dtype = sampling.guidance.shape[0], sampling.dtype
+    B = sampling.guidance.shape[0]
     keep = device_history_frames(sampling.window)
     previews = callback is not None and cfg.in_channels == len(LATENT_RGB)
     app = sampling.app_numerics
 
     def velocity(x, sigma, cond, context, caches):
-        t = (sigma * 1000.0).expand(B).to(device)
-        if app:
-            t = t.to(dtype)
-        pred = transformer(x.to(dtype), t, cond.txt, cond.mask, cond.pooled, **context, cache=caches[0])
-        if cond.neg is not None:
-            neg = transformer(x.to(dtype), t, *cond.neg, **context, cache=caches[1])
-            if app:  # fm_wrapper combines in float32
-                pred, neg = pred.float(), neg.float()
-            pred_cfg = neg + sampling.true_cfg_scale * (pred - neg)
-            pred = rescale_guidance(pred_cfg.float(), pred.float(), sampling.guidance_rescale)
-        return pred.float()
+        return guided_velocity(transformer, x, sigma, cond, context, caches, sampling)
 
-    def unscaled(z):  # the app divides in float32 and casts; diffusers casts first
-        sf = vae.config.scaling_factor
-        return (z / sf).to(vae.dtype) if app else z.to(vae.dtype) / sf
+    def unscaled(z):
+        return unscale(vae, z, app)
 
     for s in plan[first:]:
         cond, store = inputs[s.index], state.store
@@ -130,12 +149,7 @@ def run_sections(pipe, plan, inputs, sampling, state, *, first=0, run=None, gene
                                  width=sampling.width) for _ in range(2)]
         noise = randn((B, cfg.in_channels, sampling.window, *state.history.shape[3:]), generator, device)
         with streamed_blocks(transformer, device) if pipe.offload else contextlib.nullcontext():
-            if sampling.sampler == "euler":
-                latents = sample_euler(lambda x, sig: velocity(x, sig, cond, context, caches), noise, sampling.sigmas,
-                                       callback=on_step)
-            else:
-                latents = sample_unipc(lambda x, sig: x.float() - velocity(x, sig, cond, context, caches) * sig,
-                                       noise, sampling.sigmas, callback=on_step)
+            latents = sample(sampling, lambda x, sig: velocity(x, sig, cond, context, caches), noise, on_step)
         caches = None  # the residuals (~0.2 GB a branch at 640x640) are not kept through the decode
         check_finite(latents, "latents", steps - 1)
 
