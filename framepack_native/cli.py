@@ -54,6 +54,9 @@ def _generate(args):
     if args.vae_tiling:
         pipe.vae.enable_tiling()  # diffusers' tiles and overlaps, as the official app on GPUs under 60 GB
 
+    if args.one_frame is not None:
+        from framepack_native.cli_control import run_one_frame
+        return run_one_frame(pipe, args, image, prompt, torch.Generator().manual_seed(args.seed))
     bar = None  # made at the first step, so that lines printed while encoding come before it
     written = []  # frames in --out so far: every finished section replaces it with the whole video so far
     pending = []  # (frames, --out's file identity before) while a replacement is under way
@@ -198,9 +201,10 @@ def _generate_parser(gen):
     gen.add_argument("--preview", metavar="FILE.png",
                      help="write the latest step's preview (the predicted clean latents, the app's RGB map) here")
     from framepack_native.caches import add_cache_arguments
-    from framepack_native.cli_control import add_control_arguments
+    from framepack_native.cli_control import add_control_arguments, add_one_frame_arguments
     add_cache_arguments(gen)
     add_control_arguments(gen)
+    add_one_frame_arguments(gen)
     gen.set_defaults(func=_generate)
 
 

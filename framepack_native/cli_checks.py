@@ -90,7 +90,8 @@ def _check_args(args):
     _check_range("--cfg", args.cfg, 0.0, MAX_GUIDANCE)
     _check_device(args.device)
     keyframe_files = [text.partition(":")[2] for text in args.keyframe]
-    _check_out(Path(args.out), [args.image, args.last_image, args.extend, *keyframe_files])
+    _check_out(Path(args.out), [args.image, args.last_image, args.extend, *keyframe_files, *args.control_image],
+               suffix=".png" if args.one_frame is not None else ".mp4")
     state = state_folder(args.out)
     if state.exists() and (state.is_symlink() or not state.is_dir()):
         raise UsageError(f"{state}: the run state's folder for --out {args.out} exists and is not a folder")
@@ -116,7 +117,8 @@ def _check_args(args):
                 images[flag] = load_image(path)
             except ValueError as e:
                 raise UsageError(f"{flag} {e}") from None
-    from framepack_native.cli_control import check_control
+    from framepack_native.cli_control import check_control, check_one_frame
+    check_one_frame(args)
     check_control(args, sampling or "inverted_anti_drifting", images)
     return frames, images
 
@@ -131,7 +133,8 @@ def _check_out(out, inputs, suffix=".mp4", what="--out"):
     --preview the same with .png."""
     if out.suffix.lower() != suffix:
         raise UsageError(f"{what} {out}: " + ("the video is H.264 in an mp4 container; name the file .mp4"
-                                             if suffix == ".mp4" else "the preview is a PNG; name the file .png"))
+                                             if suffix == ".mp4" else ("the preview" if what == "--preview" else "--one-frame's picture")
+                                             + " is a PNG; name the file .png"))
     if out.is_symlink():
         raise UsageError(f"{what} {out}: is a symbolic link; name the file itself (it would be replaced, not written "
                          "through)")

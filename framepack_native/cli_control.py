@@ -23,6 +23,69 @@ def add_control_arguments(gen):
                           "sections, 1..19 (default 19)")
 
 
+def add_one_frame_arguments(gen):
+    gen.add_argument("--one-frame", nargs="?", const="default", metavar="RECIPE",
+                     help="generate one frame (a PNG --out) from control images: default, kisekaeichi, 1f-mc, or "
+                          "musubi's options 'target_index=1,control_index=0;10,no_post,no_2x,no_4x'")
+    gen.add_argument("--control-image", action="append", default=[], metavar="FILE",
+                     help="with --one-frame: a control image (repeatable, in index order; default: --image); its "
+                          "alpha channel, if any, is its mask")
+    gen.add_argument("--control-mask", action="append", default=[], metavar="FILE",
+                     help="with --one-frame: a grey mask per control image (255 referenced, 0 ignored), same size")
+
+
+def check_one_frame(args):
+    """--one-frame's checks: the recipe, control images and masks readable, options it does not go with."""
+    from framepack_native.image import load_image
+    from framepack_native.one_frame import check_recipe, image_size_of, latent_mask, parse_recipe
+
+    if args.one_frame is None:
+        if args.control_image or args.control_mask:
+            raise UsageError("--control-image and --control-mask need --one-frame")
+        return
+    for flag, on in (("--extend", args.extend), ("--keyframe", args.keyframe), ("--last-image", args.last_image),
+                     ("--resume", args.resume), ("--preview", args.preview)):
+        if on:
+            raise UsageError(f"--one-frame makes one picture: {flag} does not go with it")
+    try:
+        args.one_frame_recipe = recipe = parse_recipe(args.one_frame)
+        check_recipe(recipe, len(args.control_image) or 1, args.window)
+        if args.control_mask and len(args.control_mask) != (len(args.control_image) or 1):
+            raise ValueError(f"{len(args.control_mask)} --control-mask for {len(args.control_image) or 1} control "
+                             "images: one per image")
+        for path in args.control_image:
+            try:
+                load_image(path)
+            except ValueError as e:
+                raise ValueError(f"--control-image {e}") from None
+        for i, path in enumerate(args.control_mask):
+            control = args.control_image[i] if args.control_image else args.image
+            if control:
+                try:
+                    latent_mask(path, image_size_of(control), 16, 16, "stretch")
+                except ValueError as e:
+                    raise ValueError(f"--control-mask {path}: {e}") from None
+        from framepack_native.conditioning import prompt_schedule_of
+        if args.prompt is not None and prompt_schedule_of(args.prompt) is not None:
+            raise ValueError("--one-frame takes a plain --prompt, not a timestamped one")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def run_one_frame(pipe, args, image, prompt, generator):
+    """Generate the one frame and write it as the PNG --out; returns the exit code."""
+    from framepack_native.cli import save_png
+    frame = pipe.one_frame(image, prompt, control_images=args.control_image or None,
+                           control_masks=args.control_mask or None, recipe=args.one_frame_recipe, preset=args.preset,
+                           negative_prompt=args.negative_prompt, resolution=args.resolution, height=args.height,
+                           width=args.width, latent_window_size=args.window, num_inference_steps=args.steps,
+                           guidance_scale=args.guidance, true_cfg_scale=args.cfg, generator=generator,
+                           sampler=args.sampler, output_type="uint8")
+    save_png(args.out, frame[0, 0].permute(1, 2, 0).numpy())
+    print(f"wrote {args.out} (one frame, {frame.shape[-1]}x{frame.shape[-2]})")
+    return 0
+
+
 def parse_keyframe_arg(text):
     """'SECONDS:FILE' -> (seconds, file); UsageError naming the argument."""
     seconds, sep, path = text.partition(":")

@@ -46,6 +46,28 @@ def test_extend(tmp_path):
     assert torch.equal(got, expected) and got.shape[0] == 9 + 8
 
 
+def test_one_frame(tmp_path):
+    """--one-frame kisekaeichi with two control images and a mask: the PNG holds pipe.one_frame's picture."""
+    import PIL.Image
+    start, ref, mask = tmp_path / "s.png", tmp_path / "r.png", tmp_path / "m.png"
+    demo_image().save(start)
+    PIL.Image.fromarray(np.asarray(demo_image())[::-1].copy()).save(ref)
+    grey = np.zeros((256, 384), np.uint8)
+    grey[:, :200] = 255
+    PIL.Image.fromarray(grey).save(mask)
+    out = tmp_path / "f.png"
+    proc = cli(ARGS + ["--out", str(out), "--one-frame", "kisekaeichi,target_index=2", "--control-image", str(start),
+                       "--control-image", str(ref), "--control-mask", str(mask), "--control-mask", str(mask)])
+    assert proc.returncode == 0, proc.stderr
+    pipe = demo_pipeline(seed=31337)
+    want = pipe.one_frame(demo_image(), DEMO_PROMPT, control_images=[str(start), str(ref)],
+                          control_masks=[str(mask), str(mask)], recipe="kisekaeichi,target_index=2", height=64,
+                          width=96, latent_window_size=2, num_inference_steps=STEPS,
+                          generator=torch.Generator().manual_seed(31337), output_type="uint8")
+    got = torch.from_numpy(np.array(PIL.Image.open(out))).permute(2, 0, 1)
+    assert torch.equal(got, want[0, 0])
+
+
 @pytest.mark.parametrize("extra, culprit", [
     (["--keyframe", "0.3"], "--keyframe '0.3': expected SECONDS:FILE"),
     (["--keyframe", "x:key.png"], "--keyframe 'x:key.png': expected SECONDS:FILE"),
@@ -63,6 +85,12 @@ def test_extend(tmp_path):
     (["--extend", "VIDEO"], "extending a video needs vanilla sampling"),
     (["--extend", "VIDEO", "--sampling", "vanilla", "--context-latents", "0"], "context_latents must be an int in"),
     (["--extend", "VIDEO", "--sampling", "vanilla", "--height", "32", "--width", "96"], "the video to extend is 64 x 96"),
+    (["--one-frame", "spin"], "unknown one-frame option 'spin'"),
+    (["--one-frame", "kisekaeichi", "--control-image", "KEY"], "2 control indices for 1 control images"),
+    (["--one-frame", "--control-image", "missing.png"], "--control-image missing.png: cannot read image"),
+    (["--one-frame", "--control-image", "KEY", "--control-mask", "VIDEO"], "--control-mask"),
+    (["--one-frame", "--keyframe", "0.3:KEY"], "--keyframe does not go with it"),
+    (["--control-image", "KEY"], "--control-image and --control-mask need --one-frame"),
 ])
 def test_bad_control_options(tmp_path, extra, culprit):
     key = tmp_path / "key.png"
@@ -74,7 +102,7 @@ def test_bad_control_options(tmp_path, extra, culprit):
     junk.write_bytes(b"not a video" * 100)
     names = {"KEY": key, "VIDEO": video, "JUNK": junk}
     extra = [str(names.get(a, a)).replace(":KEY", f":{key}") for a in extra]
-    out = tmp_path / "o.mp4"
+    out = tmp_path / ("o.png" if "--one-frame" in extra else "o.mp4")
     line = error_line(cli(ARGS + ["--out", str(out), *extra]))
     assert culprit in line.replace(str(tmp_path) + "/", ""), line
     assert not out.exists()
