@@ -4,7 +4,6 @@ what each section gets; this encodes it, every distinct prompt and picture once,
 Random numbers: the start image's posterior, then the last image's, then each keyframe's in time order, all from
 the posterior generator (so a run without keyframes draws exactly as before them).
 """
-import torch
 
 from framepack_native.prompt_schedule import blend_embeddings
 from framepack_native.section_loop import SectionInputs

@@ -109,7 +109,7 @@ def run_sections(pipe, plan, inputs, sampling, state, *, first=0, run=None, gene
     """Generate plan[first:] (inputs[k]: the SectionInputs of plan[k]) into `state`; returns it."""
     transformer, vae, device = pipe.transformer, pipe.vae, pipe.device
     cfg, sections, steps = transformer.config, len(plan), sampling.steps
-    B = sampling.guidance.shape[0]
+    B, dtype = sampling.guidance.shape[0], sampling.dtype
     keep = device_history_frames(sampling.window)
     previews = callback is not None and cfg.in_channels == len(LATENT_RGB)
     app = sampling.app_numerics
