@@ -90,8 +90,8 @@ def _check_args(args):
     _check_range("--cfg", args.cfg, 0.0, MAX_GUIDANCE)
     _check_device(args.device)
     keyframe_files = [text.partition(":")[2] for text in args.keyframe]
-    _check_out(Path(args.out), [args.image, args.last_image, args.extend, *keyframe_files, *args.control_image],
-               suffix=".png" if args.one_frame is not None else ".mp4")
+    _check_out(Path(args.out), [args.image, args.last_image, args.extend, *keyframe_files, *args.control_image,
+                                   *args.control_mask], suffix=".png" if args.one_frame is not None else ".mp4")
     state = state_folder(args.out)
     if state.exists() and (state.is_symlink() or not state.is_dir()):
         raise UsageError(f"{state}: the run state's folder for --out {args.out} exists and is not a folder")
@@ -103,7 +103,8 @@ def _check_args(args):
     if args.resume and args.magcache_calibrate:
         raise UsageError("--magcache-calibrate must see every section of the run: it does not go with --resume")
     if args.preview:
-        _check_out(Path(args.preview), [args.image, args.last_image, args.extend, *keyframe_files], suffix=".png",
+        _check_out(Path(args.preview), [args.image, args.last_image, args.extend, *keyframe_files,
+                                        *args.control_image, *args.control_mask], suffix=".png",
                    what="--preview")
     if not args.demo:
         if not args.model or not (args.image or args.extend) or args.prompt is None:

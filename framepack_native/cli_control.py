@@ -44,7 +44,9 @@ def check_one_frame(args):
             raise UsageError("--control-image and --control-mask need --one-frame")
         return
     for flag, on in (("--extend", args.extend), ("--keyframe", args.keyframe), ("--last-image", args.last_image),
-                     ("--resume", args.resume), ("--preview", args.preview)):
+                     ("--resume", args.resume), ("--preview", args.preview), ("--cache", args.cache),
+                     ("--teacache", args.teacache is not None), ("--magcache-calibrate", args.magcache_calibrate),
+                     ("--blend-sections", args.blend_sections), ("--keyframe-embeds", args.keyframe_embeds)):
         if on:
             raise UsageError(f"--one-frame makes one picture: {flag} does not go with it")
     try:

@@ -103,10 +103,12 @@ def plan_keyframes(keyframes, plan, *, fps=30, last_image=None):
     Refuses (ValueError naming the time) a time that is not a finite number >= 0, one inside the first section,
     two in one section, one past the video's end, and a last-image keyframe beside last_image or in vanilla
     sampling. Every image is read once here (a bad file fails before any model loads)."""
-    if keyframes is None or not len(keyframes):
+    if keyframes is None:
         return [], last_image
     if not hasattr(keyframes, "items"):
         raise ValueError(f"keyframes must be a {{seconds: image}} mapping, got {type(keyframes).__name__}")
+    if not len(keyframes):
+        return [], last_image
     by_position = sorted(plan, key=lambda s: s.position)
     last_frame_s = by_position[-1].end_frame / fps
     duration = by_position[-1].end_s

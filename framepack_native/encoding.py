@@ -15,7 +15,8 @@ def section_texts(pipe, prompt_plan, dtype):
     if prompt_plan.batch:
         encoded = pipe._encode_text(list(prompt_plan.texts), dtype)
         return lambda k: (*encoded, prompt_plan.label(k), None)
-    encoded = [pipe._encode_text([text], dtype) for text in prompt_plan.texts]
+    used = {i for ws in prompt_plan.weights for i, _ in ws}  # a default no section starts in is not encoded
+    encoded = [pipe._encode_text([text], dtype) if i in used else None for i, text in enumerate(prompt_plan.texts)]
     mixed = {}
     for ws in prompt_plan.weights:
         if ws not in mixed:

@@ -180,7 +180,12 @@ def generate_one_frame(pipe, image, prompt, *, control_images=None, control_mask
     then each control image in order. Other arguments as FramePackPipeline.__call__ (prompt: a plain string or a
     batch); output_type "pt" | "uint8" | "np" | "pil" | "latent" ((B, C, 1, h, w)).
     """
+    import contextlib
+    import math
+
     from framepack_native.arguments import check_arguments, image_size
+    from framepack_native.conditioning import prompt_schedule_of
+    from framepack_native.offload import streamed_blocks
     from framepack_native.frames import to_uint8, to_unit
     from framepack_native.image import nearest_bucket
     from framepack_native.noise import randn
@@ -193,9 +198,12 @@ def generate_one_frame(pipe, image, prompt, *, control_images=None, control_mask
     p = get_preset(preset)
     sampler = sampler or p.sampler
     recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
-    if not isinstance(prompt, str) and not (isinstance(prompt, (list, tuple)) and prompt
-                                            and all(isinstance(x, str) for x in prompt)):
-        raise ValueError("one-frame generation takes a plain prompt (or a batch of them), not a schedule")
+    if prompt_schedule_of(prompt) is not None:  # (also refuses what is no prompt at all)
+        raise ValueError("one-frame generation takes a plain prompt (or a batch of them), not a timestamped one")
+    for name, value in (("guidance_scale", guidance_scale), ("true_cfg_scale", true_cfg_scale),
+                        ("guidance_rescale", guidance_rescale)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
     check_arguments(prompt, None, height, width, 1, latent_window_size, num_inference_steps,
                     "inverted_anti_drifting", sampler, None, negative_prompt)
     controls = [image] if control_images is None else list(control_images)
@@ -216,6 +224,8 @@ def generate_one_frame(pipe, image, prompt, *, control_images=None, control_mask
             raise ValueError(f"control image {i}: {e}") from None
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     B, dtype, device = len(prompts), pipe.transformer_dtype, pipe.device
+    if abs(guidance_scale) * 1000 > torch.finfo(dtype).max:
+        raise ValueError(f"guidance_scale {guidance_scale:g} x 1000 overflows the transformer's {dtype}")
     if negative_prompt is None:
         negative_prompt = p.cfg_negative
     do_cfg = negative_prompt is not None and (true_cfg_scale != 1 if p.app_numerics else true_cfg_scale > 1)
@@ -227,6 +237,8 @@ def generate_one_frame(pipe, image, prompt, *, control_images=None, control_mask
     neg = None
     if do_cfg:
         negs = [negative_prompt] * B if isinstance(negative_prompt, str) else list(negative_prompt)
+        if len(negs) != B:
+            raise ValueError(f"{len(negs)} negative prompts for {B} prompts")
         neg = pipe._encode_text(negs, dtype)
 
     def encode(picture):
@@ -258,7 +270,8 @@ def generate_one_frame(pipe, image, prompt, *, control_images=None, control_mask
         if callback is not None:
             callback({"kind": "step", "section": 0, "sections": 1, "step": d["i"], "steps": num_inference_steps,
                       "latents": d["x"], "denoised": d["denoised"], "preview": None})
-    with pipe._on_device(pipe.transformer):
+    streamed = streamed_blocks(pipe.transformer, device) if pipe.offload else contextlib.nullcontext()
+    with streamed:  # as the section loop: block by block under offload
         out = sample(sampling, lambda x, sig: guided_velocity(pipe.transformer, x, sig, cond, context, [None, None],
                                                               sampling), noise, on_step)
     if not bool(torch.isfinite(out).all()):

@@ -207,7 +207,8 @@ class FramePackPipeline:
         cache=TeaCacheConfig(THRESHOLD).
         output_type: "pt" (float32 (B, F, 3, H, W) in [0, 1], the default), "uint8" (the same layout as uint8: no
         float copy of the video anywhere), "np" (float32 (B, F, H, W, 3)), "pil" (B lists of F PIL images) or
-        "latent" (the generated latents (B, C, 1 + S * W, h, w) in video order); all on the CPU. Decoded frames
+        "latent" (the generated latents (B, C, 1 + S * W, h, w) in video order; extending: the c context latents,
+        then S * W); all on the CPU. Decoded frames
         leave the device section by section (framepack_native.frames): device memory does not grow with the length.
         callback(event): event["kind"] "step" (section, sections, step, steps, latents, preview: uint8 (B h, T w, 3)
             of the predicted clean latents through the app's latent-to-RGB map, or None without 16 latent channels)
@@ -228,6 +229,10 @@ class FramePackPipeline:
         sampling_type = sampling_type or self.sampling_type
         sampler = sampler or p.sampler
         vae_t = self.vae.config.temporal_compression_ratio
+        if sampling_type not in SAMPLING_TYPES:
+            raise ValueError(f"unknown sampling type {sampling_type!r}; expected one of {SAMPLING_TYPES}")
+        if image is None and video is None:
+            raise ValueError("image is None: give the start image (or video= to extend, whose first frame it takes)")
         source = None if video is None else read_source(video, sampling_type, context_latents, vae_t)
         if image is None and source is not None:
             image = source.first_frame

@@ -164,10 +164,16 @@ class RunState:
         if not ok:
             raise ResumeError(f"{path}: not a run state of version {VERSION} (damaged?); delete {self.folder} to start "
                               "again")
-        differ = differences(doc["fingerprint"], self.fingerprint)
+        saved = dict(doc["fingerprint"])
+        if "sections" not in self.fingerprint and saved.get("sampling_type") == "vanilla":
+            saved.pop("sections", None)  # a vanilla state of before lengths could grow: the same run
+        differ = differences(saved, self.fingerprint)
         if differ:
             raise ResumeError(f"{self.folder}: the saved run was made with other settings: {', '.join(differ)}; "
                               "resume with the same ones, or start a new run")
+        if doc["done"] > self.sections >= 1 and "sections" not in self.fingerprint:
+            raise ResumeError(f"{self.folder}: the saved run has {doc['done']} finished sections, more than the "
+                              f"{self.sections} of this length; resume with the same or a longer length")
         if not 1 <= doc["done"] <= self.sections:
             raise ResumeError(f"{path}: {doc['done']} finished sections of {self.sections} (damaged?)")
         self.done, self.generated, self.joins = doc["done"], doc["generated"], doc["joins"]

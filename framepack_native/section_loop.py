@@ -158,7 +158,10 @@ def run_sections(pipe, plan, inputs, sampling, state, *, first=0, run=None, gene
             # past `keep` the device buffer holds only the newest latents: all of them are real then
             current = vae.decode(unscaled(s.latents_to_decode(history, min(generated, history.shape[2]))))
         check_finite(current, "decoded frames")
-        chunk = store.join(s, current, plan[s.index + 1].overlap if s.index + 1 < sections else None)
+        # the edge the next join blends: the next section's overlap, or after the last one the usual one (a
+        # vanilla run may be extended later; an extension's first section blends fewer frames)
+        usual = (sampling.window - 1) * vae.config.temporal_compression_ratio + 1
+        chunk = store.join(s, current, plan[s.index + 1].overlap if s.index + 1 < sections else max(s.overlap, usual))
         del current
         old = None
         if history.shape[2] > keep:  # constant device memory: the rest waits on the host for output "latent"

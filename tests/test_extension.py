@@ -92,7 +92,7 @@ def test_extending_a_saved_run_equals_one_run(pipe, tmp_path):
     extended = pipe(demo_image(), "waves", num_frames=3 * 5, generator=gen(), state_dir=tmp_path / "s", resume=True,
                     **KW)
     assert torch.equal(extended, one)
-    with pytest.raises(ValueError, match="finished sections of"):  # shorter than what the state holds: refused
+    with pytest.raises(ValueError, match="3 finished sections, more than the 1 of this length"):  # shorter: refused
         pipe(demo_image(), "waves", num_frames=5, generator=gen(), state_dir=tmp_path / "s", resume=True, **KW)
 
 
@@ -166,3 +166,15 @@ def test_bad_extension_arguments(pipe, base):
         pipe(None, "waves", video=base, num_frames=5, **{**KW, "height": 64})
     with pytest.raises(ValueError, match="falls in the video being extended"):
         pipe(None, "waves", video=base, num_frames=5, keyframes={0.1: demo_image()}, **KW)
+
+
+def test_extension_with_a_short_context_extended_again(pipe, tmp_path):
+    """An extension whose first join blends fewer frames than a later one (context 1 < window 3) saved after its only
+    section and resumed with a longer length: the usual edge was kept, and the frames equal one longer run."""
+    video = torch.rand(5, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    kw = {**KW, "latent_window_size": 3}
+    whole = pipe(None, "waves", video=video, num_frames=18, context_latents=1, generator=gen(), **kw)
+    pipe(None, "waves", video=video, num_frames=9, context_latents=1, generator=gen(), state_dir=tmp_path / "s", **kw)
+    again = pipe(None, "waves", video=video, num_frames=18, context_latents=1, generator=gen(),
+                 state_dir=tmp_path / "s", resume=True, **kw)
+    assert torch.equal(again, whole) and whole.shape[1] == 5 + 2 * 12

@@ -150,5 +150,10 @@ def test_bad_one_frame_input(pipe):
         pipe.one_frame(demo_image(), "waves", control_masks=[np.full((256, 384), 2.0)], **KW)
     with pytest.raises(ValueError, match="target_index must be an int >= 0"):
         pipe.one_frame(demo_image(), "waves", recipe=OneFrameRecipe(target_index=-1), **KW)
-    with pytest.raises(ValueError, match="not a schedule"):
-        pipe.one_frame(demo_image(), [(0, "a"), (1, "b")], **KW)
+    for prompt in ([(0, "a"), (1, "b")], "[0s: a] [1s: b]"):
+        with pytest.raises(ValueError, match="not a timestamped one"):
+            pipe.one_frame(demo_image(), prompt, **KW)
+    with pytest.raises(ValueError, match="1 negative prompts for 2 prompts"):
+        pipe.one_frame(demo_image(), ["a", "b"], negative_prompt=["n"], true_cfg_scale=2.0, **KW)
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number"):
+        pipe.one_frame(demo_image(), "a", guidance_scale=float("nan"), **KW)
