@@ -36,7 +36,8 @@ def _generate(args):
     from framepack_native.video import write_mp4
 
     frames, images = _check_args(args)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": None, None: None}[args.dtype]
+    quantize = "fp8" if args.dtype == "fp8" else None
     if args.demo:
         from framepack_native.demo import DEMO_PROMPT, demo_image, demo_pipeline
         print("framepack-native demo: a tiny FramePack with RANDOM weights (no download); the video shows the "
@@ -44,13 +45,16 @@ def _generate(args):
         pipe = demo_pipeline(seed=args.seed, device=args.device)
         image = images.get("--image", None if args.extend else demo_image())
         prompt = DEMO_PROMPT if args.prompt is None else args.prompt
+        for path, strength in args.loras:  # merged into the weights; a LoRA that does not fit changes nothing
+            pipe.load_lora(path, strength)
+        if quantize:
+            from framepack_native.fp8 import quantize_blocks
+            quantize_blocks(pipe.transformer)  # after the LoRAs: they merge into the float weights
     else:
         from framepack_native import FramePackPipeline
         pipe = FramePackPipeline.from_pretrained(args.model, dtype=dtype, device=args.device, offload=args.offload,
-                                                 preset=args.preset)
+                                                 preset=args.preset, quantize=quantize, loras=args.loras)
         image, prompt = images.get("--image"), args.prompt
-    for path, strength in args.loras:  # merged into the weights; a LoRA that does not fit changes nothing
-        pipe.load_lora(path, strength)
     if args.vae_tiling:
         pipe.vae.enable_tiling()  # diffusers' tiles and overlaps, as the official app on GPUs under 60 GB
 
@@ -188,7 +192,9 @@ def _generate_parser(gen):
     gen.add_argument("--window", type=int, default=9, help=f"latent frames per section, 1..{MAX_WINDOW}")
     gen.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda when available)")
     gen.add_argument("--dtype", choices=DTYPES, default=None,
-                     help="one dtype for every component (default: the preset's; fp32 on CPU)")
+                     help="one dtype for every component (default: the preset's; fp32 on CPU); fp8: the "
+                          "transformer blocks' Linear weights in block-scaled fp8 (quantised at load unless the "
+                          "folder was converted with --dtype fp8), every component computing in the preset's dtype")
     gen.add_argument("--offload", action="store_true", help="keep weights on the CPU between uses (24 GB GPUs)")
     gen.add_argument("--vae-tiling", action="store_true",
                      help="VAE encode/decode in overlapping spatial tiles: ~2 GiB instead of ~7 GiB at 640x640, slower")

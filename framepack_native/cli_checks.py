@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 FPS = 30
-DTYPES = ("bf16", "fp16", "fp32")
+DTYPES = ("bf16", "fp16", "fp32", "fp8")  # fp8: the transformer blocks in fp8, the rest as the preset
 PRESET_NAMES = ("official", "diffusers")  # framepack_native.presets.PRESETS, without importing torch at start-up
 MAX_SECONDS = 120          # FramePack's demo: video length 1..120 s
 MAX_FRAMES = MAX_SECONDS * FPS

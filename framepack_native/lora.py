@@ -223,6 +223,21 @@ def _undo(merged):
             m.undo(workspaces)
 
 
+def add_deltas(tensor, name, updates):
+    """Add the LoRA deltas [(Update, strength)] of a module's `name` ("weight" / "bias") to `tensor`, a float32 copy
+    of it, in place: in load order, row chunk by row chunk with the arithmetic of a merge (the fp8 loader merges a
+    LoRA into each weight before quantising it, so a float32 load merged and then quantised gives the same bits)."""
+    with torch.no_grad(), _ieee_matmul():
+        for update, strength in updates:
+            if not update.touches(name):
+                continue
+            on_device = update.to(tensor.device)
+            shape = tuple(tensor.shape)
+            for r0, r1 in _chunks(shape):
+                tensor[r0:r1].add_(on_device.delta(name, strength, shape, r0, r1))
+    return tensor
+
+
 def check_strength(strength):
     """strength as a float; ValueError unless a finite real number."""
     if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength):

@@ -331,10 +331,12 @@ def open_lora(path):
         raise LoRAError(str(e)) from None
 
 
-def read_lora(path, transformer, allow_unknown=False):
+def read_lora(path, transformer, allow_unknown=False, shapes_only=False):
     """({native module name: Update}, skipped keys) of a LoRA file for `transformer`, every tensor checked.
 
-    path: a .safetensors file (or a folder of them); anything else, pickles included, is refused unread."""
+    path: a .safetensors file (or a folder of them); anything else, pickles included, is refused unread.
+    shapes_only: `transformer` may be on the meta device (only its modules' shapes are read: the fp8 loader merges
+    the updates into the weights as it reads them, framepack_native.fp8_loading)."""
     ckpt = open_lora(path)
     metadata = _metadata(ckpt.files)
     table = ModuleTable(transformer.config)
@@ -344,7 +346,8 @@ def read_lora(path, transformer, allow_unknown=False):
         module = transformer.get_submodule(target.module)
         weight, bias = module._parameters.get("weight"), module._parameters.get("bias")
         first = next(iter(group.values()))
-        if weight is None or not weight.is_floating_point() or weight.element_size() < 2 or weight.is_meta:
+        if weight is None or not weight.is_floating_point() or weight.element_size() < 2 or (
+                weight.is_meta and not shapes_only):
             kind = "no weight" if weight is None else f"{weight.dtype} weights on {weight.device}"
             raise LoRAError(f"{ckpt.file(first)}: tensor {first!r} targets {target.module}, which has {kind}: LoRAs "
                             "apply to float16 / bfloat16 / float32 weights (merge before quantising to fp8)")

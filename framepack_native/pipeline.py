@@ -60,7 +60,8 @@ class FramePackPipeline:
         self.device, self.offload = torch.device(device), offload
 
     @classmethod
-    def from_pretrained(cls, native_dir, dtype=None, device="cuda", offload=False, preset="official"):
+    def from_pretrained(cls, native_dir, dtype=None, device="cuda", offload=False, preset="official", quantize=None,
+                        loras=()):
         """Load every component of a folder written by `python -m weights_convert`.
 
         dtype: None (the preset's per-component dtypes for the device: official on CUDA = transformer bf16 with
@@ -70,6 +71,9 @@ class FramePackPipeline:
         offload=True keeps the weights on the CPU and moves each component to `device` only while it works,
         the transformer and the Llama encoder one block at a time (framepack_native.offload), so the 13B model
         runs on a 24 GB GPU.
+        quantize="fp8": the transformer's block Linear layers in block-scaled fp8, dequantised to its dtype at each
+        use (half the memory; a folder converted with --dtype fp8 is fp8 anyway). loras: LoRA files (paths or
+        (path, strength)) merged into the transformer as it loads (with fp8, before quantising).
         """
         dtypes, fp32_output = resolve_dtypes(dtype, device, get_preset(preset))
         root = Path(native_dir)
@@ -99,7 +103,8 @@ class FramePackPipeline:
         def load(cls_, name):
             return cls_.from_pretrained(folders[name], dtype=dtypes[name], device=load_device)
 
-        transformer = load(FramePackTransformer, "transformer")
+        transformer = FramePackTransformer.from_pretrained(folders["transformer"], dtype=dtypes["transformer"],
+                                                           device=load_device, quantize=quantize, loras=loras)
         if fp32_output:
             transformer.final_layer.linear.float()  # the app's high_quality_fp32_output_for_inference
         return cls(

@@ -126,7 +126,7 @@ def headers(draw):
         elif field == "data_offsets":
             entry = {**entry, "data_offsets": draw(st.lists(DIM, max_size=3) | JSON)}
         elif field == "dtype":
-            entry = {**entry, "dtype": draw(st.sampled_from(["F8_E4M3", "f32", ""]) | JSON)}
+            entry = {**entry, "dtype": draw(st.sampled_from(["F8_E5M2", "f32", ""]) | JSON)}
         elif field == "entry":
             entry = draw(JSON)
         else:

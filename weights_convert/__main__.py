@@ -1,4 +1,4 @@
-"""python -m weights_convert SRC DST [--dtype bf16|fp16|fp32] [--transformer DIR] [--image-encoder DIR]"""
+"""python -m weights_convert SRC DST [--dtype bf16|fp16|fp32|fp8] [--transformer DIR] [--image-encoder DIR]"""
 import argparse
 import sys
 
@@ -6,7 +6,7 @@ from framepack_native.interrupts import run_command
 
 # weights_convert.folders.DTYPES and framepack_native.sections.SAMPLING_TYPES, written out so that parsing the command
 # line imports no torch: its seconds of imports then run inside run_command, where Ctrl-C is one line
-DTYPE_NAMES = ("bf16", "fp16", "fp32")
+DTYPE_NAMES = ("bf16", "fp16", "fp32", "fp8")
 SAMPLING_TYPE_NAMES = ("inverted_anti_drifting", "vanilla")
 
 
@@ -24,7 +24,8 @@ def build_parser(parser=None):
     parser.add_argument("dst", nargs="?", help="the native folder to write (a symbolic link: written in its target)")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                         help="cast every floating tensor to this dtype (default: each keeps its source dtype, "
-                             "losslessly; a fused one takes the widest of its sources)")
+                             "losslessly; a fused one takes the widest of its sources); fp8: the transformer "
+                             "blocks' Linear weights block-scaled float8 e4m3, the rest bf16")
     parser.add_argument("--transformer", metavar="DIR", help="a FramePack transformer folder (diffusers layout)")
     parser.add_argument("--image-encoder", metavar="DIR", help="flux_redux_bfl root or its image_encoder/ folder")
     parser.add_argument("--sampling-type", choices=SAMPLING_TYPE_NAMES, default=None,

@@ -28,7 +28,7 @@ from weights_convert.core import (ConversionError, apply_step, build_plan, check
 from weights_convert.workdirs import (LeftoverWork, check_dst, follow, make_work, put_in_place,  # noqa: F401
                                       remove_work, tidy_leftovers)
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": torch.float8_e4m3fn}
 AUX_FOLDERS = ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor")
 AUX_SUFFIXES = (".json", ".txt", ".model")
 SHARD_BYTES = 5 * 1024**3
@@ -39,15 +39,18 @@ def cast_dtype(dtype):
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
     raise ConversionError(f"dtype must be None (keep the source dtypes), one of {sorted(DTYPES)} or "
-                          f"torch.bfloat16 / float16 / float32, got {dtype!r}")
+                          f"torch.bfloat16 / float16 / float32 / float8_e4m3fn, got {dtype!r}")
 
 
 def convert_component(converter, src, dst, dtype=None, max_shard_bytes=SHARD_BYTES):
     """Stream one component from a reference folder into native folder `dst`. Returns its manifest entry.
 
     dtype None keeps every floating tensor's source dtype (a fused one takes the widest of its sources, so the
-    conversion is lossless); a floating dtype casts them all. Integer tensors keep theirs.
+    conversion is lossless); a floating dtype casts them all. fp8 (torch.float8_e4m3fn): the Linear weights of the
+    transformer blocks quantised from their float32 values (framepack_native.fp8: each followed by its
+    .scale_weight), every other floating tensor bf16. Integer tensors keep theirs.
     """
+    from framepack_native.fp8 import FP8, SCALE_SUFFIX, block_linears, quantize_fp8, scale_blocks
     dtype = cast_dtype(dtype)
     src, dst = Path(src), Path(dst)
     config_path = src / "config.json"
@@ -71,24 +74,44 @@ def convert_component(converter, src, dst, dtype=None, max_shard_bytes=SHARD_BYT
         for name in step.srcs:
             check_dtype(ckpt.dtype(name), model_dtypes[step.dst], ckpt.file(name), name)
     by_dst = {s.dst: s for s in steps}
+    quantised = {f"{n}.weight" for n, _ in block_linears(model)} if dtype == FP8 else set()
+    scales = {}  # a quantised weight's module -> its scale, made with it and written right after it
 
     def out_dtype(name):
         if not model_dtypes[name].is_floating_point:
             return model_dtypes[name]
+        if dtype == FP8:
+            return FP8 if name in quantised else torch.bfloat16
         return dtype or widest_dtype([ckpt.dtype(n) for n in by_dst[name].srcs])
 
-    specs = [(name, planned_shape(by_dst[name]), out_dtype(name)) for name in expected]
+    specs = []
+    for name in expected:
+        specs.append((name, planned_shape(by_dst[name]), out_dtype(name)))
+        if name in quantised:
+            out_f, in_f = specs[-1][1]
+            specs.append((name[:-len(".weight")] + SCALE_SUFFIX, (out_f, scale_blocks(in_f)), torch.bfloat16))
 
-    def fetch(name):
+    def read(name, as_dtype):
         step = by_dst[name]
         if step.op in ("cat0", "cat1"):  # fused: each source copied straight into its slice, no temporaries
             dim = int(step.op[-1])
-            out = torch.empty(planned_shape(step), dtype=out_dtype(name))
+            out = torch.empty(planned_shape(step), dtype=as_dtype)
             for part, src in zip(out.split([s[dim] for s in step.src_shapes], dim=dim), step.srcs):
                 ckpt.read_into(src, part)
             return out
-        tensors = [ckpt.get(n, dtype=out_dtype(name)) for n in step.srcs]
+        tensors = [ckpt.get(n, dtype=as_dtype) for n in step.srcs]
         return apply_step(step, tensors).contiguous()
+
+    def fetch(name):
+        if name.endswith(SCALE_SUFFIX):
+            return scales.pop(name[:-len(SCALE_SUFFIX)])
+        if name not in quantised:
+            return read(name, out_dtype(name))
+        try:
+            q, scales[name[:-len(".weight")]] = quantize_fp8(read(name, torch.float32))
+        except ValueError as e:
+            raise ConversionError(f"{src}: tensor {name!r}: {e}") from None
+        return q
 
     dst.mkdir(parents=True, exist_ok=True)
     files = save_sharded(dst, specs, fetch, max_shard_bytes=max_shard_bytes)
@@ -160,7 +183,8 @@ def convert(src, dst, dtype=None, *, transformer=None, image_encoder=None, overw
     """Convert SRC (a pipeline root or one component folder) into native folder DST, atomically.
 
     dtype: None keeps every tensor's source dtype (lossless; a fused tensor takes the widest of its sources);
-    torch.bfloat16 / float16 / float32 or "bf16" / "fp16" / "fp32" casts the floating tensors.
+    torch.bfloat16 / float16 / float32 or "bf16" / "fp16" / "fp32" casts the floating tensors; "fp8" (or
+    torch.float8_e4m3fn) quantises the transformer blocks' Linear weights and casts the rest to bf16.
     overwrite: replace a DST that holds a previous conversion (any other non-empty folder is refused).
     sampling_type: recorded in the manifest as the pipeline's default; None guesses it from the transformer
     folder's own name (see guess_sampling_type). The manifest's sampling_type_source says which.
@@ -223,6 +247,7 @@ def convert(src, dst, dtype=None, *, transformer=None, image_encoder=None, overw
 
 def verify(folder):
     """Re-check a native folder: every file's SHA-256, every component's tensors against its model."""
+    from framepack_native import fp8_loading
     from framepack_native.models.loading import read_config
     from weights_convert.registry import converters
 
@@ -244,5 +269,8 @@ def verify(folder):
         config = read_config(cls, folder / entry["path"])
         with torch.device("meta"):
             model = cls(config)
-        check_checkpoint(model, open_checkpoint(folder / entry["path"]))
+        checkpoint = open_checkpoint(folder / entry["path"])
+        fp8_loading.prepare(model, checkpoint)  # the fp8 layers it stores, with their scales checked
+        check_checkpoint(model, checkpoint)
+        fp8_loading.check_stored(checkpoint)
     return manifest

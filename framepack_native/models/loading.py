@@ -19,7 +19,8 @@ from framepack_native.weights import checksum_error, check_layer_counts, load_st
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-DTYPE_LABELS = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+DTYPE_LABELS = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+                torch.float8_e4m3fn: "fp8"}
 MIXED = "mixed"
 
 
@@ -160,16 +161,25 @@ def read_config(cls, folder):
     return config_from_dict(cls.config_class, doc["config"], path)
 
 
-def load_pretrained(cls, path, dtype=torch.bfloat16, device="cuda"):
+def load_pretrained(cls, path, dtype=torch.bfloat16, device="cuda", quantize=None, loras=()):
     """Build `cls` on the meta device from a native folder and load its weights (strict, assign). Eval mode.
 
     In a converted folder every file is checked against manifest.json's SHA-256 (the weights as they are read, at
     no extra pass), and a difference is refused naming the file; a component folder without a manifest (written
     by save_pretrained, or copied out of its root) is loaded unchecked, as is any with FRAMEPACK_NATIVE_VERIFY=0 in
     the environment. The config's layer counts are compared with the checkpoint's before the model is built.
+    fp8 (framepack_native.fp8_loading): a checkpoint holding fp8 layers loads them as stored; quantize="fp8"
+    quantises a float one's block Linear layers as they are read. loras: LoRA files (paths or (path, strength))
+    merged into the weights: before quantising with fp8, else after the load (undoable with unload_lora).
     """
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating-point torch.dtype (e.g. torch.bfloat16), got {dtype!r}")
+    from framepack_native import fp8_loading
+    loras = fp8_loading.lora_list(loras)
+    if quantize not in fp8_loading.QUANTIZE:
+        raise ValueError(f"quantize must be one of {fp8_loading.QUANTIZE}, got {quantize!r}")
+    if loras and not hasattr(cls, "load_lora"):
+        raise ValueError(f"LoRAs apply to the FramePack transformer, not to a {cls.__name__}")
     folder = component_dir(path, cls.__name__)
     config = read_config(cls, folder)
     manifest, checksums = check_manifest_files(folder)  # after the parse: a malformed file keeps its own message
@@ -181,7 +191,12 @@ def load_pretrained(cls, path, dtype=torch.bfloat16, device="cuda"):
     check_layer_counts(counts, checkpoint.keys(), folder / "config.json", checkpoint.where)
     with torch.device("meta"):
         model = cls(config)
-    load_state(model, checkpoint, dtype=dtype, device=device)
+    source, keep = fp8_loading.prepare(model, checkpoint, quantize, loras)
+    load_state(model, source, dtype=dtype, device=device, keep_dtype=keep)
+    fp8_loading.check_loaded(model, checkpoint)
+    if loras and not keep:
+        for lora_path, strength in loras:
+            model.load_lora(lora_path, strength)
     return model.eval()
 
 

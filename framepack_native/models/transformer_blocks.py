@@ -12,6 +12,7 @@ from einops import rearrange
 from torch import nn
 
 import kernels
+from framepack_native.fp8 import linear_rows
 
 EPS = 1e-6
 
@@ -151,16 +152,15 @@ class SingleStreamBlock(nn.Module):
 
     def _forward_rows(self, x, mod, cos, sin, n_img, kv_lens, backend, rows):
         """forward for image rows `rows` only, x (B, L, D) -> (B, R, D); linear1 split by its [q | k | v | mlp] rows."""
-        D, (weight, bias) = self.hidden_dim, (self.linear1.weight, self.linear1.bias)
+        D, linear1 = self.hidden_dim, self.linear1
         xm = modulate(x, mod)  # (B, L, D)
-        k, v = rearrange(F.linear(xm, weight[D:3 * D], bias[D:3 * D]), "B L (K N Dh) -> K B L N Dh", K=2,
-                         N=self.num_heads)
+        k, v = rearrange(linear_rows(linear1, xm, D, 3 * D), "B L (K N Dh) -> K B L N Dh", K=2, N=self.num_heads)
         k = kernels.rms_norm_rope(k, self.norm_k.weight, cos, sin, eps=EPS, n_rope=n_img, backend=backend)
         xr = xm[:, rows]  # (B, R, D)
-        q = rearrange(F.linear(xr, weight[:D], bias[:D]), "B R (N Dh) -> B R N Dh", N=self.num_heads)
+        q = rearrange(linear_rows(linear1, xr, 0, D), "B R (N Dh) -> B R N Dh", N=self.num_heads)
         q = kernels.rms_norm_rope(q, self.norm_q.weight, cos[rows], sin[rows], eps=EPS, backend=backend)
         attn = kernels.attention(q, k, v, kv_lens=kv_lens, backend=backend)  # (B, R, N, Dh)
-        mlp = gelu_tanh(F.linear(xr, weight[3 * D:], bias[3 * D:]))  # (B, R, M)
+        mlp = gelu_tanh(linear_rows(linear1, xr, 3 * D, None))  # (B, R, M)
         y = torch.cat((attn.flatten(2), mlp), dim=-1)  # (B, R, D + M)
         return torch.addcmul(x[:, rows], mod.gate, self.linear2(y))
 

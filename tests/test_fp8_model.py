@@ -1,0 +1,206 @@
+"""fp8 transformers end to end (framepack_native/fp8.py, fp8_loading.py, weights_convert --dtype fp8), tiny random
+FramePack transformer converted by weights_convert, CPU: fp8 checkpoints convert, verify and load; quantising at load
+gives the converter's bits; damaged scales and unscaled fp8 tensors are refused with one line; LoRAs merge before
+quantising (the same bits as a float32 merge, then quantised); offload streams the fp8 blocks; the CLI's --dtype fp8."""
+import json
+
+import pytest
+import safetensors.torch
+import torch
+
+from framepack_native import offload
+from framepack_native.cli import main
+from framepack_native.demo import demo_image, demo_pipeline
+from framepack_native.files import CheckpointError, sha256
+from framepack_native.fp8 import FP8, block_linears, dequantize_fp8, fp8_layers, quantize_blocks, quantize_fp8
+from framepack_native.lora_formats import LoRAError
+from framepack_native.models import FramePackTransformer
+from framepack_native.video import read_video
+from tests.reference import lora as ref_lora
+from tests.reference.common import rel_l2
+from tests.reference.pipeline import build_pipeline
+from tests.reference.transformer import TINY, builder, load, make_inputs
+from weights_convert import convert
+from weights_convert.folders import verify
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
+
+
+@pytest.fixture(scope="module")
+def folders(reference_store, tmp_path_factory):
+    """(diffusers source, float32 native folder, fp8 native folder)."""
+    src = reference_store.get("transformer_tiny", builder(TINY))
+    root = tmp_path_factory.mktemp("fp8_tiny")
+    return src, convert(src, root / "fp32"), convert(src, root / "fp8", "fp8")
+
+
+def _load(folder, **kw):
+    return FramePackTransformer.from_pretrained(folder, dtype=torch.float32, device="cpu", **kw)
+
+
+def test_fp8_conversion_verifies_and_loads(folders):
+    _, fp32, fp8 = folders
+    entry = json.loads((fp8 / "manifest.json").read_text())["components"]["transformer"]
+    float_model = _load(fp32)
+    targets = [n for n, _ in block_linears(float_model)]
+    assert entry["dtype"] == "mixed" and entry["dtypes"]["fp8"] == len(targets)
+    verify(fp8)
+    model = _load(fp8)
+    layers = fp8_layers(model)
+    assert sorted(layers) == sorted(targets)  # every Linear of the blocks, modulation included; nothing else
+    state, ref = model.state_dict(), float_model.state_dict()
+    for name in targets:  # the stored pair is the quantisation of the float32 weight
+        q, scale = quantize_fp8(ref[name + ".weight"])
+        assert torch.equal(state[name + ".weight"].view(torch.uint8), q.view(torch.uint8))
+        assert torch.equal(state[name + ".scale_weight"], scale)
+    for name, t in ref.items():  # everything else: the float32 value rounded to bf16, loaded in the compute dtype
+        if name in state and state[name].dtype == torch.float32:
+            assert torch.equal(state[name], t.bfloat16().float()), name
+    # quantising a float32 folder at load gives the same fp8 layers
+    quantised = _load(fp32, quantize="fp8").state_dict()
+    for name in targets:
+        for key in (name + ".weight", name + ".scale_weight"):
+            assert quantised[key].dtype == state[key].dtype and torch.equal(quantised[key].float(), state[key].float())
+    inputs = make_inputs(TINY, text_lens=[6, 3], seed=5)
+    with torch.no_grad():
+        err = rel_l2(model(**inputs), float_model(**inputs))
+    assert 1e-4 < err < 0.05  # fp8 is in use, and close (the real-width bound: tests/test_fp8_real_width.py)
+
+
+def _lone_copy(folder, dst, change=None):
+    """The transformer of a converted folder copied without its manifest (no checksums), tensors changed by
+    change(state) first."""
+    dst.mkdir()
+    (dst / "config.json").write_text((folder / "config.json").read_text())
+    state = safetensors.torch.load_file(folder / "model.safetensors")
+    if change:
+        change(state)
+    safetensors.torch.save_file(state, dst / "model.safetensors")
+    return dst
+
+
+SCALE = "double_blocks.0.img_attn.qkv.scale_weight"
+DAMAGE = {
+    "wrong shape": (lambda s: s.__setitem__(SCALE, s[SCALE][:, :0].contiguous()), "mis-shaped"),
+    "zero": (lambda s: s[SCALE].__setitem__((0, 0), 0.0), "zero, negative, NaN"),
+    "NaN": (lambda s: s[SCALE].__setitem__((1, 0), float("nan")), "zero, negative, NaN"),
+    "float32": (lambda s: s.__setitem__(SCALE, s[SCALE].float()), "must be bfloat16"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_scales_are_refused_naming_the_tensor(folders, tmp_path, damage):
+    change, message = DAMAGE[damage]
+    lone = _lone_copy(folders[2], tmp_path / "lone", change)
+    with pytest.raises(CheckpointError, match=message) as e:
+        _load(lone)
+    assert "double_blocks.0.img_attn.qkv" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("damage", ["zero", "NaN"])
+def test_verify_refuses_damaged_scales(folders, tmp_path, damage):
+    import shutil
+    root = tmp_path / "copy"
+    shutil.copytree(folders[2], root)
+    _lone_copy(folders[2], tmp_path / "damaged", DAMAGE[damage][0])
+    shutil.copyfile(tmp_path / "damaged" / "model.safetensors", root / "model.safetensors")
+    manifest = json.loads((root / "manifest.json").read_text())  # re-hashed: the damage is in the values
+    manifest["components"]["transformer"]["files"]["model.safetensors"] = sha256(root / "model.safetensors")
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=f"{SCALE[:-len('.scale_weight')]}.weight: its scale holds"):
+        verify(root)
+
+
+def test_fp8_tensors_without_scales_are_refused(folders, tmp_path):
+    def unscaled(state):
+        del state[SCALE]
+    with pytest.raises(CheckpointError, match="float8_e4m3fn without its scales"):
+        _load(_lone_copy(folders[2], tmp_path / "a", unscaled))
+
+    def fp8_norm(state):  # a norm stored in fp8: nothing could scale it
+        name = "double_blocks.0.img_attn.norm_q.weight"
+        state[name] = state[name].to(FP8)
+    with pytest.raises(CheckpointError, match="norm_q.weight.*float8_e4m3fn without its scales"):
+        _load(_lone_copy(folders[2], tmp_path / "b", fp8_norm))
+
+
+def test_loras_merge_before_quantising(reference_store, folders, tmp_path):
+    src, fp32, fp8 = folders
+    shapes = ref_lora.module_shapes(dict(load(src).config))
+    a = ref_lora.save(tmp_path / "a.safetensors", ref_lora.random_peft(shapes, seed=1))
+    b = ref_lora.save(tmp_path / "b.safetensors", ref_lora.random_peft(shapes, seed=2, magnitude=0.2))
+    loaded = _load(fp32, quantize="fp8", loras=[(a, 0.7), b])
+    merged = _load(fp32)
+    merged.load_lora(a, 0.7)
+    merged.load_lora(b)
+    expected = merged.state_dict()  # float32 merges, then the same quantisation
+    quantize_blocks(merged)
+    got, want = loaded.state_dict(), merged.state_dict()
+    assert list(got) == list(want)
+    assert all(got[k].dtype == want[k].dtype and torch.equal(got[k].float(), want[k].float()) for k in got)
+    unmerged = _load(fp32, quantize="fp8").state_dict()
+    assert not torch.equal(unmerged["double_blocks.0.img_attn.qkv.weight"].float(),
+                           got["double_blocks.0.img_attn.qkv.weight"].float())  # the LoRA is in the fp8 values
+    assert not torch.equal(_load(fp32).state_dict()["final_layer.linear.weight"],
+                           got["final_layer.linear.weight"])  # and in the float layers it touches
+    assert torch.equal(got["final_layer.linear.weight"], expected["final_layer.linear.weight"])
+    with pytest.raises(LoRAError, match="merge before quantising to fp8"):
+        loaded.load_lora(a)  # an fp8 model takes no more LoRAs
+    with pytest.raises(CheckpointError, match="holds fp8 weights, and LoRAs merge before quantising"):
+        _load(fp8, loras=[a])
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        _load(fp32, quantize="int8")
+
+
+def test_offload_streams_fp8_blocks_and_halves_their_host_copies():
+    kw = dict(height=32, width=48, num_frames=9, latent_window_size=2, num_inference_steps=2)
+
+    def run(fp8, offloaded):
+        pipe = demo_pipeline(seed=3)
+        if fp8:
+            quantize_blocks(pipe.transformer)
+        pipe.offload = offloaded
+        video = pipe(demo_image(), "waves", generator=torch.Generator().manual_seed(0), **kw)
+        blocks = [b for name in offload.BLOCK_LISTS for b in getattr(pipe.transformer, name)]
+        tensors = [t for b in blocks for t in list(b.parameters()) + list(b.buffers())]
+        held = sum(t.numel() * t.element_size() for t in tensors)
+        if offloaded:  # the packed host buffers hold them (rounded up to a power of two)
+            assert held <= sum(offload.host_buffers(pipe.transformer)) < 2 * held + 512 * len(tensors)
+            assert all(t.device.type == "cpu" for t in tensors)
+        return video, held
+
+    plain, _ = run(True, False)
+    streamed, fp8_bytes = run(True, True)
+    assert torch.equal(plain, streamed)
+    exact, float_bytes = run(False, True)
+    assert not torch.equal(plain, exact) and (plain - exact).abs().max() < 0.1
+    # the demo's blocks are float32: fp8 (1 byte + 2 per row of <= 128 inputs) is about a quarter, plus the biases
+    assert fp8_bytes < 0.4 * float_bytes
+
+
+def test_cli_dtype_fp8(reference_store, tmp_path):
+    out, exact = tmp_path / "fp8.mp4", tmp_path / "exact.mp4"
+    assert main(["generate", "--demo", "--dtype", "fp8", "--out", str(out)]) == 0
+    assert main(["generate", "--demo", "--out", str(exact)]) == 0
+    a, b = read_video(out).astype(float), read_video(exact).astype(float)
+    assert a.shape == b.shape == (37, 64, 96, 3)
+    assert 0 < abs(a - b).mean() < 8  # fp8 was used, and the video stays close to the exact one
+    src = reference_store.get("pipeline_tiny", lambda p: build_pipeline(p, layout="pipeline"))
+    model = convert(src, tmp_path / "model", "fp8")
+    image = tmp_path / "in.png"
+    from PIL import Image
+    Image.fromarray(read_video(exact)[0]).save(image)
+    video = tmp_path / "model.mp4"
+    assert main(["generate", "--model", str(model), "--image", str(image), "--prompt", "a boat", "--height", "32",
+                 "--width", "48", "--num-frames", "9", "--window", "3", "--steps", "2", "--device", "cpu",
+                 "--sampler", "euler", "--out", str(video)]) == 0
+    assert read_video(video).shape == (13, 32, 48, 3)
+
+
+def test_dequantised_weights_are_what_the_layers_multiply(folders):
+    model = _load(folders[2])
+    layer = model.single_blocks[0].linear1
+    x = torch.randn(2, 7, layer.in_features)
+    w = dequantize_fp8(layer.weight, layer.scale_weight, torch.float32)
+    with torch.no_grad():
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, w, layer.bias))
