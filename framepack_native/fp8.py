@@ -34,7 +34,8 @@ SCALE_DTYPE = torch.bfloat16
 SCALE_SUFFIX = ".scale_weight"  # a quantised layer's keys: <module>.weight (fp8), <module>.scale_weight, <module>.bias
 REL_BOUND = 2.0 ** -4   # half an ulp of a 3-bit mantissa, relative
 SUB_BOUND = 2.0 ** -10  # half the subnormal step 2^-9, in units of the scale
-BLOCK_LISTS = ("double_blocks", "single_blocks")  # where the quantised Linear layers live (as offload streams them)
+BLOCK_LISTS = ("double_blocks", "single_blocks")
+CHUNK_ELEMENTS = 1 << 22  # quantised at a time  # where the quantised Linear layers live (as offload streams them)
 
 
 def scale_blocks(in_features, block=BLOCK):
@@ -43,20 +44,28 @@ def scale_blocks(in_features, block=BLOCK):
 
 
 def quantize_fp8(weight, block=BLOCK):
-    """weight (out, in) float -> (q (out, in) float8_e4m3fn, scale (out, scale_blocks(in)) bfloat16, powers of two)."""
+    """weight (out, in) float -> (q (out, in) float8_e4m3fn, scale (out, scale_blocks(in)) bfloat16, powers of two).
+
+    Row chunk by row chunk (~4 M elements), so the float32 temporaries stay small beside a 21504 x 3072 weight."""
     if weight.dim() != 2:
         raise ValueError(f"fp8 block scaling takes a 2-D weight (out, in), got {tuple(weight.shape)}")
-    if not bool(torch.isfinite(weight).all()):
-        raise ValueError("cannot quantise a weight holding NaN or inf")
     out_f, in_f = weight.shape
     blocks = scale_blocks(in_f, block)
-    w = weight.detach().float().reshape(out_f, blocks, in_f // blocks)  # (out, blocks, b)
-    amax = w.abs().amax(dim=2, keepdim=True) / E4M3_MAX  # (out, blocks, 1): the smallest scale that fits
-    mantissa, exponent = torch.frexp(amax)  # amax = mantissa * 2^exponent, mantissa in [0.5, 1)
-    scale = torch.ldexp(torch.ones_like(amax), exponent - (mantissa == 0.5).int())  # 2^ceil(log2 amax)
-    scale = torch.where(amax > 0, scale, torch.ones_like(scale))
-    q = (w / scale).clamp(-E4M3_MAX, E4M3_MAX).to(FP8)  # w / scale is exact: a division by a power of two
-    return q.reshape(out_f, in_f), scale.reshape(out_f, blocks).to(SCALE_DTYPE)
+    q = torch.empty(out_f, in_f, dtype=FP8, device=weight.device)
+    scale = torch.empty(out_f, blocks, dtype=SCALE_DTYPE, device=weight.device)
+    step = max(1, CHUNK_ELEMENTS // max(1, in_f))
+    for r0 in range(0, out_f, step):
+        w = weight[r0:r0 + step].detach().float().reshape(-1, blocks, in_f // blocks)  # (rows, blocks, b)
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError("cannot quantise a weight holding NaN or inf")
+        amax = w.abs().amax(dim=2, keepdim=True) / E4M3_MAX  # (rows, blocks, 1): the smallest scale that fits
+        mantissa, exponent = torch.frexp(amax)  # amax = mantissa * 2^exponent, mantissa in [0.5, 1)
+        s = torch.ldexp(torch.ones_like(amax), exponent - (mantissa == 0.5).int())  # 2^ceil(log2 amax)
+        s = torch.where(amax > 0, s, torch.ones_like(s))
+        # w / s is exact (a division by a power of two) and within E4M3's range; the cast rounds to nearest
+        q[r0:r0 + step] = (w / s).clamp_(-E4M3_MAX, E4M3_MAX).reshape(-1, in_f)
+        scale[r0:r0 + step] = s.reshape(-1, blocks)
+    return q, scale
 
 
 def dequantize_fp8(q, scale, dtype=torch.bfloat16, out=None):

@@ -75,11 +75,15 @@ class QuantizingCheckpoint:
         module, leaf = self._split(name)
         return self.base.file(module + ".weight" if leaf == SCALE_SUFFIX[1:] else name)
 
-    def _float32(self, name, device):
+    def _read(self, name, device):
+        """The stored tensor with its LoRA deltas added in float32; without any, as stored (its float32 values are
+        exact from any float dtype, and quantize_fp8 converts them a chunk at a time)."""
         from framepack_native.lora import add_deltas
         module, leaf = self._split(name)
+        if not self.deltas.get(module):
+            return self.base.get(name, device=device)
         t = self.base.get(name, dtype=torch.float32, device=device)
-        return add_deltas(t, leaf, self.deltas.get(module, ()))
+        return add_deltas(t, leaf, self.deltas[module])
 
     def get(self, name, dtype=None, device="cpu"):
         module, leaf = self._split(name)
@@ -87,7 +91,7 @@ class QuantizingCheckpoint:
             if leaf == SCALE_SUFFIX[1:] and module in self._scales:
                 return self._scales.pop(module)
             try:
-                q, scale = quantize_fp8(self._float32(module + ".weight", device))
+                q, scale = quantize_fp8(self._read(module + ".weight", device))
             except ValueError as e:
                 raise CheckpointError(f"{self.base.file(module + '.weight')}: tensor {module + '.weight'!r}: {e}")
             if leaf == "weight":
@@ -95,7 +99,7 @@ class QuantizingCheckpoint:
                 return q
             return scale
         if module in self.deltas and leaf in ("weight", "bias") and self.base.dtype(name).is_floating_point:
-            return self._float32(name, device).to(dtype or self.base.dtype(name))
+            return self._read(name, device).to(dtype or self.base.dtype(name))
         return self.base.get(name, dtype=dtype, device=device)
 
 

@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from framepack_native import fp8
 from framepack_native.fp8 import (BLOCK, E4M3_MAX, REL_BOUND, SUB_BOUND, Fp8Linear, check_fp8_pair, dequantize_fp8,
                                   linear_rows, quantize_fp8)
 
@@ -19,7 +20,9 @@ def test_roundtrip_within_the_format_bound(out_f, blocks, ragged, seed, log_scal
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(out_f, in_f, generator=g, dtype=torch.float64) * 2.0 ** log_scale
     w[:, :3] *= 1e-4  # small values next to large ones: the subnormal end of a block
-    q, scale = quantize_fp8(w.float())
+    w32 = w.float()
+    q, scale = quantize_fp8(w32)
+    assert torch.equal(w32, w.float())  # the input is left as it was
     assert q.dtype == torch.float8_e4m3fn and scale.dtype == torch.bfloat16
     assert scale.shape == (out_f, 1 if ragged else blocks)
     deq = dequantize_fp8(q, scale, torch.float32).double()
@@ -83,3 +86,12 @@ def test_fp8_linear_forward_rows_and_dtype_changes():
     assert torch.equal(dequantize_fp8(layer.weight, layer.scale_weight, torch.float32), w)
     with torch.no_grad():
         assert layer(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_row_chunks_change_nothing(monkeypatch):
+    w = torch.randn(37, 3 * BLOCK) * torch.logspace(-3, 2, 37)[:, None]
+    q, scale = quantize_fp8(w)
+    for elements in (2 * 3 * BLOCK, 1):  # two rows a chunk, then one
+        monkeypatch.setattr(fp8, "CHUNK_ELEMENTS", elements)
+        q2, scale2 = quantize_fp8(w)
+        assert torch.equal(q2.view(torch.uint8), q.view(torch.uint8)) and torch.equal(scale2, scale)
