@@ -1,7 +1,7 @@
 """The FramePack transformer's weight bytes in fp8 against bf16: counted from the real config, and measured as the
 peak host memory (RSS) of loading a real-width checkpoint with a few blocks.
 
-    python benchmarks/fp8_memory.py [--dual 2] [--single 4] [--dir FOLDER]
+    python benchmarks/fp8_memory.py [--dual 2] [--single 4] [--dir FOLDER] [--count-only]
 
 Counted: the 13B config built on the meta device, bytes of every tensor in bf16; in our fp8 layout (every Linear of
 the blocks E4M3 + one bf16 scale per 128 inputs; framepack_native/fp8.py); and in musubi-tuner's `--fp8_scaled`
@@ -99,6 +99,7 @@ def main():
     parser.add_argument("--dual", type=int, default=2, help="dual-stream blocks of the measured checkpoint")
     parser.add_argument("--single", type=int, default=4, help="single-stream blocks of the measured checkpoint")
     parser.add_argument("--dir", help="keep the files here (default: a temporary folder)")
+    parser.add_argument("--count-only", action="store_true", help="only count the 13B config's bytes")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage == "source":
@@ -111,6 +112,8 @@ def main():
           f"{bf16 / 1024**3:.2f} GiB, fp8 {fp8 / 1024**3:.2f} GiB = {fp8 / bf16:.3f}x bf16 (goal <= 0.53x: "
           f"{'PASS' if fp8 / bf16 <= 0.53 else 'FAIL'}); musubi's --fp8_scaled layout {musubi / 1024**3:.2f} GiB "
           f"= {musubi / bf16:.3f}x")
+    if args.count_only:
+        return
     with work_dir(args.dir, "fp_fp8mem_") as root:
         measure(root, args)
 

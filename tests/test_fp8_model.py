@@ -99,14 +99,7 @@ def test_damaged_scales_are_refused_naming_the_tensor(folders, tmp_path, damage)
 
 @pytest.mark.parametrize("damage", ["zero", "NaN"])
 def test_verify_refuses_damaged_scales(folders, tmp_path, damage):
-    import shutil
-    root = tmp_path / "copy"
-    shutil.copytree(folders[2], root)
-    _lone_copy(folders[2], tmp_path / "damaged", DAMAGE[damage][0])
-    shutil.copyfile(tmp_path / "damaged" / "model.safetensors", root / "model.safetensors")
-    manifest = json.loads((root / "manifest.json").read_text())  # re-hashed: the damage is in the values
-    manifest["components"]["transformer"]["files"]["model.safetensors"] = sha256(root / "model.safetensors")
-    (root / "manifest.json").write_text(json.dumps(manifest))
+    root = _damaged_copy(folders[2], tmp_path / "copy", DAMAGE[damage][0])
     with pytest.raises(CheckpointError, match=f"{SCALE[:-len('.scale_weight')]}.weight: its scale holds"):
         verify(root)
 
@@ -178,23 +171,63 @@ def test_offload_streams_fp8_blocks_and_halves_their_host_copies():
     assert fp8_bytes < 0.4 * float_bytes
 
 
-def test_cli_dtype_fp8(reference_store, tmp_path):
+@pytest.fixture(scope="module")
+def fp8_pipeline(reference_store, tmp_path_factory):
+    src = reference_store.get("pipeline_tiny", lambda p: build_pipeline(p, layout="pipeline"))
+    return convert(src, tmp_path_factory.mktemp("fp8_pipeline") / "model", "fp8")
+
+
+GENERATE = ["--prompt", "a boat", "--height", "32", "--width", "48", "--num-frames", "9", "--window", "3", "--steps",
+            "2", "--device", "cpu", "--sampler", "euler"]
+
+
+def test_cli_dtype_fp8(fp8_pipeline, tmp_path):
     out, exact = tmp_path / "fp8.mp4", tmp_path / "exact.mp4"
     assert main(["generate", "--demo", "--dtype", "fp8", "--out", str(out)]) == 0
     assert main(["generate", "--demo", "--out", str(exact)]) == 0
     a, b = read_video(out).astype(float), read_video(exact).astype(float)
     assert a.shape == b.shape == (37, 64, 96, 3)
     assert 0 < abs(a - b).mean() < 8  # fp8 was used, and the video stays close to the exact one
-    src = reference_store.get("pipeline_tiny", lambda p: build_pipeline(p, layout="pipeline"))
-    model = convert(src, tmp_path / "model", "fp8")
     image = tmp_path / "in.png"
     from PIL import Image
     Image.fromarray(read_video(exact)[0]).save(image)
     video = tmp_path / "model.mp4"
-    assert main(["generate", "--model", str(model), "--image", str(image), "--prompt", "a boat", "--height", "32",
-                 "--width", "48", "--num-frames", "9", "--window", "3", "--steps", "2", "--device", "cpu",
-                 "--sampler", "euler", "--out", str(video)]) == 0
+    assert main(["generate", "--model", str(fp8_pipeline), "--image", str(image), *GENERATE, "--out",
+                 str(video)]) == 0
     assert read_video(video).shape == (13, 32, 48, 3)
+
+
+def _damaged_copy(root, dst, change):
+    """A converted folder copied with its transformer's tensors changed and the manifest re-hashed (so that only the
+    values are wrong)."""
+    import shutil
+    shutil.copytree(root, dst)
+    entry = json.loads((root / "manifest.json").read_text())["components"]["transformer"]
+    folder = dst / entry["path"]
+    state = safetensors.torch.load_file(folder / "model.safetensors")
+    change(state)
+    safetensors.torch.save_file(state, folder / "model.safetensors")
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["components"]["transformer"]["files"]["model.safetensors"] = sha256(folder / "model.safetensors")
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+def test_damaged_scales_at_the_command_lines(fp8_pipeline, tmp_path, capsys):
+    from weights_convert.__main__ import main as convert_main
+    damaged = _damaged_copy(fp8_pipeline, tmp_path / "damaged", DAMAGE["NaN"][0])
+    image = tmp_path / "in.png"
+    from PIL import Image
+    Image.new("RGB", (48, 32)).save(image)
+    capsys.readouterr()
+    for command in (lambda: convert_main(["--verify", str(damaged)]),
+                    lambda: main(["generate", "--model", str(damaged), "--image", str(image), *GENERATE, "--out",
+                                  str(tmp_path / "x.mp4")])):
+        code = command()
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+        assert "double_blocks.0.img_attn.qkv.weight: its scale holds zero, negative, NaN" in lines[0]
+    assert not (tmp_path / "x.mp4").exists()
 
 
 def test_dequantised_weights_are_what_the_layers_multiply(folders):
