@@ -86,6 +86,7 @@ class FramePackTransformer(nn.Module):
     """Denoiser of one FramePack section: the noisy window attends to the packed clean history, image and text."""
     config_class = FramePackTransformerConfig
     kernel_backend = "auto"  # "auto" | "torch" | "triton", passed to every kernels.* call
+    sequence_parallel = None  # a framepack_native.parallel.SequenceParallel: see enable_sequence_parallel
 
     def __init__(self, config):
         super().__init__()
@@ -183,6 +184,8 @@ class FramePackTransformer(nn.Module):
 
     def _blocks(self, img, txt, vec, cos, sin, kv_lens, window):
         """The dual- then single-stream blocks; img (B, Li, D), txt (B, Lc, D) -> the window's rows (B, Lw, D)."""
+        if self.sequence_parallel is not None:
+            return self._blocks_parallel(img, txt, vec, cos, sin, kv_lens, window)
         backend, n_img = self.kernel_backend, img.shape[1]
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, cos, sin, kv_lens, backend)
@@ -191,6 +194,28 @@ class FramePackTransformer(nn.Module):
             last = i == len(self.single_blocks) - 1
             x = block(x, vec, cos, sin, n_img, kv_lens, backend, rows=window if last else None)
         return x if self.single_blocks else x[:, window]
+
+    def _blocks_parallel(self, img, txt, vec, cos, sin, kv_lens, window):
+        """_blocks with the image tokens split over the ranks of self.sequence_parallel (framepack_native.parallel):
+        each rank runs its 1 / P of them (padded), the text replicated; the window's rows gathered on every rank."""
+        sp, backend, n_img = self.sequence_parallel, self.kernel_backend, img.shape[1]
+        img, cos, sin = sp.split(img), sp.split(cos, dim=0, pad_value=1.0), sp.split(sin, dim=0, pad_value=0.0)
+        for block in self.double_blocks:
+            img, txt = block(img, txt, vec, cos, sin, kv_lens, backend, sp=sp, n_img_all=n_img)
+        n_local = img.shape[1]
+        x = torch.cat((img, txt), dim=1)
+        for block in self.single_blocks:
+            x = block(x, vec, cos, sin, n_local, kv_lens, backend, sp=sp, n_img_all=n_img)
+        return sp.gather(x[:, :n_local], n_img)[:, window]
+
+    def enable_sequence_parallel(self, group=None):
+        """Split each forward's image tokens over the ranks of a torch.distributed group (None: the default one;
+        framepack_native.parallel); every rank calls the model with the same inputs and gets the same output."""
+        from framepack_native.parallel import SequenceParallel
+        sp = SequenceParallel.from_group(group)
+        sp.check_heads(self.config.num_attention_heads)
+        self.sequence_parallel = sp if sp.world > 1 else None
+        return self
 
     def _image_tokens(self, hidden_states, indices_latents, histories):
         """Tokens [4x | 2x | clean | noisy window] (B, Li, D) and their RoPE cos/sin (Li, Dh) float32.

@@ -13,6 +13,7 @@ from torch import nn
 
 import kernels
 from framepack_native.fp8 import linear_rows
+from framepack_native.parallel import joint_attention
 
 EPS = 1e-6
 
@@ -91,10 +92,11 @@ class DoubleStreamBlock(nn.Module):
         self.img_mlp = MLP(hidden_dim, mlp_dim)
         self.txt_mlp = MLP(hidden_dim, mlp_dim)
 
-    def forward(self, img, txt, vec, cos, sin, kv_lens, backend, probe=False):
+    def forward(self, img, txt, vec, cos, sin, kv_lens, backend, probe=False, sp=None, n_img_all=None):
         """img (B, Li, D), txt (B, Lt, D), vec (B, D) = silu(conditioning), cos/sin (Li, Dh), kv_lens (B,) int
         valid keys of the joint sequence (None: all). probe: return only the modulated img (B, Li, D), TeaCache's
-        test (a call of the block, so that offload hooks bring its weights)."""
+        test (a call of the block, so that offload hooks bring its weights). sp: a parallel.SequenceParallel, img
+        and cos / sin then this rank's tokens of n_img_all (framepack_native.parallel)."""
         n_img = img.shape[1]
         img_mod1, img_mod2 = self.img_mod(vec)
         if probe:
@@ -102,12 +104,10 @@ class DoubleStreamBlock(nn.Module):
         txt_mod1, txt_mod2 = self.txt_mod(vec)
         img_q, img_k, img_v = self.img_attn.qkv_heads(modulate(img, img_mod1), cos, sin, n_img, backend)
         txt_q, txt_k, txt_v = self.txt_attn.qkv_heads(modulate(txt, txt_mod1), cos[:0], sin[:0], 0, backend)
-        attn = kernels.attention(
-            torch.cat((img_q, txt_q), dim=1), torch.cat((img_k, txt_k), dim=1), torch.cat((img_v, txt_v), dim=1),
-            kv_lens=kv_lens, backend=backend,
-        ).flatten(2)  # (B, Li+Lt, D)
-        img = torch.addcmul(img, img_mod1.gate, self.img_attn.proj(attn[:, :n_img]))
-        txt = torch.addcmul(txt, txt_mod1.gate, self.txt_attn.proj(attn[:, n_img:]))
+        img_attn, txt_attn = joint_attention((img_q, img_k, img_v), (txt_q, txt_k, txt_v), kv_lens, backend, sp,
+                                             n_img_all)  # (B, Li, N, Dh), (B, Lt, N, Dh)
+        img = torch.addcmul(img, img_mod1.gate, self.img_attn.proj(img_attn.flatten(2)))
+        txt = torch.addcmul(txt, txt_mod1.gate, self.txt_attn.proj(txt_attn.flatten(2)))
         img = torch.addcmul(img, img_mod2.gate, self.img_mlp(modulate(img, img_mod2)))
         txt = torch.addcmul(txt, txt_mod2.gate, self.txt_mlp(modulate(txt, txt_mod2)))
         return img, txt
@@ -128,9 +128,10 @@ class SingleStreamBlock(nn.Module):
         self.norm_k = nn.RMSNorm(head_dim, eps=EPS)
         self.linear2 = nn.Linear(hidden_dim + mlp_dim, hidden_dim)
 
-    def forward(self, x, vec, cos, sin, n_img, kv_lens, backend, rows=None):
+    def forward(self, x, vec, cos, sin, n_img, kv_lens, backend, rows=None, sp=None, n_img_all=None):
         """x (B, L, D) with the n_img image tokens first, vec (B, D), cos/sin (n_img, Dh), kv_lens (B,) or None
-        -> (B, L, D); with rows (a slice of image tokens), (B, R, D): only those rows' outputs (keys from all)."""
+        -> (B, L, D); with rows (a slice of image tokens), (B, R, D): only those rows' outputs (keys from all).
+        sp: a parallel.SequenceParallel, the n_img image tokens then this rank's of n_img_all."""
         D = self.hidden_dim
         (mod,) = self.modulation(vec)
         if rows is not None:
@@ -139,7 +140,12 @@ class SingleStreamBlock(nn.Module):
         q, k, v = rearrange(h[..., :3 * D], "B L (K N Dh) -> K B L N Dh", K=3, N=self.num_heads)
         q = kernels.rms_norm_rope(q, self.norm_q.weight, cos, sin, eps=EPS, n_rope=n_img, backend=backend)
         k = kernels.rms_norm_rope(k, self.norm_k.weight, cos, sin, eps=EPS, n_rope=n_img, backend=backend)
-        attn = kernels.attention(q, k, v, kv_lens=kv_lens, backend=backend)  # (B, L, N, Dh)
+        if sp is None:
+            attn = kernels.attention(q, k, v, kv_lens=kv_lens, backend=backend)  # (B, L, N, Dh)
+        else:
+            attn = torch.cat(joint_attention((q[:, :n_img], k[:, :n_img], v[:, :n_img]),
+                                             (q[:, n_img:], k[:, n_img:], v[:, n_img:]), kv_lens, backend, sp,
+                                             n_img_all), dim=1)
         if torch.is_grad_enabled():
             y = torch.cat((attn.flatten(2), F.gelu(h[..., 3 * D:], approximate="tanh")), dim=-1)  # (B, L, D + M)
         else:
