@@ -79,14 +79,15 @@ def _randomize_(model, gen):
     return model.eval()
 
 
-def demo_pipeline(seed=0, device="cpu"):
-    """A FramePackPipeline of tiny components with random weights (seeded), on `device`, float32."""
+def demo_pipeline(seed=0, device="cpu", heads=2):
+    """A FramePackPipeline of tiny components with random weights (seeded), on `device`, float32; `heads` attention
+    heads of 16 in the transformer (6: a model that 2, 3 and 6 sequence-parallel ranks can split)."""
     gen = torch.Generator().manual_seed(seed)
     tokenizer, tokenizer_2 = demo_tokenizers()
     text_dim, pooled_dim, image_dim, channels = 32, 16, 24, 16  # 16 latent channels as the real VAE: previews work
     parts = {
         "transformer": FramePackTransformer(FramePackTransformerConfig.tiny(
-            in_channels=channels, out_channels=channels, text_embed_dim=text_dim, pooled_projection_dim=pooled_dim,
+            num_attention_heads=heads, in_channels=channels, out_channels=channels, text_embed_dim=text_dim, pooled_projection_dim=pooled_dim,
             image_proj_dim=image_dim)),
         "vae": HunyuanVideoVAE(HunyuanVideoVAEConfig(latent_channels=channels, block_out_channels=(16, 32, 32, 32),
                                                      layers_per_block=1, norm_num_groups=8)),

@@ -64,6 +64,13 @@ class SequenceParallel:
         dist.all_gather(parts, x.contiguous(), group=self.group)
         return torch.cat(parts, dim=dim).narrow(dim, 0, n)
 
+    def broadcast_(self, *tensors):
+        """Overwrite each tensor with the group's first rank's (in place): the replicated inputs of the blocks stay
+        bit-identical across ranks even where their encoders are not (GPU kernels need not be deterministic)."""
+        src = 0 if self.group is None else dist.get_global_rank(self.group, 0)
+        for t in tensors:
+            dist.broadcast(t, src=src, group=self.group)
+
     def to_heads(self, x):
         """(B, Lloc, N, Dh) local tokens, all heads -> (B, P * Lloc, N / P, Dh) every token, this rank's heads."""
         B, L, N, Dh = x.shape
@@ -110,3 +117,42 @@ def joint_attention(img_qkv, txt_qkv, kv_lens, backend, sp=None, n_img=None):
     img = sp.to_tokens(torch.cat((out[:, :n_img], out[:, n_img + n_txt:]), dim=1))
     return img, sp.gather_heads(out[:, n_img:n_img + n_txt].contiguous())
 
+
+
+class Parallel:
+    """How a pipeline uses the ranks of a group (None: the default one): every transformer call split over all of
+    them (sequence parallel); with cfg=True and an even number of ranks, the two classifier-free-guidance branches
+    at once instead, the conditional one on the first half of the ranks and the negative one on the second, each
+    half splitting its call over its ranks, the two outputs then swapped between paired ranks (r, r + P / 2)."""
+
+    def __init__(self, group=None, cfg=True):
+        self.sequence = SequenceParallel.from_group(group)
+        world, rank = self.sequence.world, self.sequence.rank
+        self.cfg = cfg and world % 2 == 0
+        self.half = self.pair = None
+        self.branch = 0
+        if self.cfg:
+            ranks = [dist.get_global_rank(group, i) if group is not None else i for i in range(world)]
+            n = world // 2
+            halves = [dist.new_group(ranks[:n]), dist.new_group(ranks[n:])]  # every rank makes every group
+            pairs = [dist.new_group([ranks[i], ranks[i + n]]) for i in range(n)]
+            self.branch = rank // n
+            self.half = SequenceParallel(rank % n, n, halves[self.branch]) if n > 1 else None
+            self.pair = pairs[rank % n]
+
+    def check(self, num_heads):
+        self.sequence.check_heads(num_heads)
+        if self.half is not None:
+            self.half.check_heads(num_heads)
+
+    def guided(self, transformer, conditional, negative):
+        """(conditional output, negative output) of two calls of `transformer`, each run by its half of the ranks."""
+        before = transformer.sequence_parallel
+        transformer.sequence_parallel = self.half
+        try:
+            mine = (conditional if self.branch == 0 else negative)().contiguous()
+        finally:
+            transformer.sequence_parallel = before
+        both = [torch.empty_like(mine) for _ in range(2)]
+        dist.all_gather(both, mine, group=self.pair)
+        return both[0], both[1]

@@ -58,6 +58,21 @@ class FramePackPipeline:
         self.image_encoder, self.image_processor = image_encoder, image_processor
         self.scheduler, self.sampling_type = scheduler, sampling_type
         self.device, self.offload = torch.device(device), offload
+        self.parallel = None  # a framepack_native.parallel.Parallel once enable_parallel() ran
+
+    def enable_parallel(self, group=None, cfg=True):
+        """Run every section on the ranks of a torch.distributed group (None: the default one, e.g. torchrun's):
+        each transformer call split over them (sequence parallel), and with cfg=True and an even number of ranks
+        the two guidance branches at once on two halves of them (framepack_native.parallel). Every rank calls the
+        pipeline with the same arguments and gets the same frames; the rest of the pipeline (encoders, VAE) runs
+        on every rank. A group of one rank changes nothing."""
+        from framepack_native.parallel import Parallel
+        plan = Parallel(group, cfg)
+        plan.check(self.transformer.config.num_attention_heads)
+        if plan.sequence.world > 1:
+            self.transformer.enable_sequence_parallel(group)
+            self.parallel = plan
+        return self
 
     @classmethod
     def from_pretrained(cls, native_dir, dtype=None, device="cuda", offload=False, preset="official", quantize=None,
@@ -329,7 +344,8 @@ class FramePackPipeline:
         else:
             sigmas = flow_sigmas(num_inference_steps, self.scheduler, mu=shift_mu(seq_len, self.scheduler)).to(device)
         sampling = Sampling(sigmas, sampler, num_inference_steps, guidance, true_cfg_scale, guidance_rescale,
-                            p.app_numerics, cache, sampling_type, height, width, latent_window_size, dtype)
+                            p.app_numerics, cache, sampling_type, height, width, latent_window_size, dtype,
+                            self.parallel)
         if source is None:
             history, generated = history_init(image_latents, sampling_type)
             state = LoopState(history, generated, [], FrameStore(storage), image_latents, last_latents)

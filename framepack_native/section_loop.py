@@ -60,6 +60,7 @@ class Sampling:
     width: int
     window: int
     dtype: torch.dtype
+    parallel: object = None  # a framepack_native.parallel.Parallel: the guidance branches on two halves of the ranks
 
 
 @dataclass
@@ -82,9 +83,20 @@ def guided_velocity(transformer, x, sigma, cond, context, caches, sampling):
     t = (sigma * 1000.0).expand(B).to(device)
     if sampling.app_numerics:
         t = t.to(dtype)
-    pred = transformer(x.to(dtype), t, cond.txt, cond.mask, cond.pooled, **context, cache=caches[0])
+
+    def conditional():
+        return transformer(x.to(dtype), t, cond.txt, cond.mask, cond.pooled, **context, cache=caches[0])
+
+    def negative():
+        return transformer(x.to(dtype), t, *cond.neg, **context, cache=caches[1])
+
+    parallel = sampling.parallel
+    if cond.neg is not None and parallel is not None and parallel.cfg:
+        pred, neg = parallel.guided(transformer, conditional, negative)
+    else:
+        pred = conditional()
+        neg = negative() if cond.neg is not None else None
     if cond.neg is not None:
-        neg = transformer(x.to(dtype), t, *cond.neg, **context, cache=caches[1])
         if sampling.app_numerics:  # fm_wrapper combines in float32
             pred, neg = pred.float(), neg.float()
         pred_cfg = neg + sampling.true_cfg_scale * (pred - neg)

@@ -30,3 +30,19 @@ def test_transformer_output_equals_one_process(ranks, tmp_path):
         assert any(n % ranks for n in tokens)  # the image tokens did not divide: the padding was exercised
         assert set(errors) == {"b1", "b2-text-lengths", "b2-vanilla"}
         assert max(errors.values()) < TOL, errors
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+def test_demo_pipeline_frames_equal_one_process(ranks, tmp_path):
+    result = torchrun("pipeline_worker.py", ranks, tmp_path / "out.json")
+    assert result["world"] == ranks and len(result["errors"]) == ranks
+    assert result["cfg_parallel"] == (ranks % 2 == 0)
+    for errors in result["errors"]:
+        calls = errors.pop("calls")
+        assert max(errors.values()) < TOL, errors
+        (plain, plain_split), (cfg, cfg_split) = calls["sequence"], calls["cfg"]
+        assert plain_split == plain > 0  # without guidance every call is split over all the ranks
+        if result["cfg_parallel"]:  # each rank ran one branch per step, split over its half unless it is one rank
+            assert cfg == plain and cfg_split == (cfg if ranks > 2 else 0)
+        else:  # both branches in turn, each split over all the ranks
+            assert cfg == cfg_split == 2 * plain

@@ -199,6 +199,7 @@ class FramePackTransformer(nn.Module):
         """_blocks with the image tokens split over the ranks of self.sequence_parallel (framepack_native.parallel):
         each rank runs its 1 / P of them (padded), the text replicated; the window's rows gathered on every rank."""
         sp, backend, n_img = self.sequence_parallel, self.kernel_backend, img.shape[1]
+        sp.broadcast_(img, txt, vec)  # the same inputs on every rank (vec also feeds the final layer after this)
         img, cos, sin = sp.split(img), sp.split(cos, dim=0, pad_value=1.0), sp.split(sin, dim=0, pad_value=0.0)
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, cos, sin, kv_lens, backend, sp=sp, n_img_all=n_img)
