@@ -36,6 +36,8 @@ def _generate(args):
     from framepack_native.video import write_mp4
 
     frames, images = _check_args(args)
+    from framepack_native import cli_parallel
+    rank = cli_parallel.start(args)  # None in one process; under torchrun this rank, its device set
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": None, None: None}[args.dtype]
     quantize = "fp8" if args.dtype == "fp8" else None
     if args.demo:
@@ -55,6 +57,8 @@ def _generate(args):
         pipe = FramePackPipeline.from_pretrained(args.model, dtype=dtype, device=args.device, offload=args.offload,
                                                  preset=args.preset, quantize=quantize, loras=args.loras)
         image, prompt = images.get("--image"), args.prompt
+    if rank is not None:
+        pipe.enable_parallel()  # every transformer call over the ranks; true CFG's branches on two halves
     if args.vae_tiling:
         pipe.vae.enable_tiling()  # diffusers' tiles and overlaps, as the official app on GPUs under 60 GB
 
@@ -103,7 +107,8 @@ def _generate(args):
                      true_cfg_scale=args.cfg, generator=generator, sampling_type=args.sampling, sampler=args.sampler,
                      cache=args.cache_config, blend_sections=args.blend_sections, keyframes=args.keyframes,
                      keyframe_embeds=args.keyframe_embeds, video=args.extend_frames,
-                     context_latents=args.context_latents, output_type="uint8", callback=progress, state_dir=state,
+                     context_latents=args.context_latents, output_type="uint8",
+                     callback=progress if not rank else None, state_dir=state if rank is None else None,
                      resume=args.resume)
     except NonFiniteError as e:
         if bar is not None:
@@ -126,10 +131,15 @@ def _generate(args):
     finally:
         if bar is not None:
             bar.close()  # before any error line, not after it
+    if rank is not None:
+        cli_parallel.finish()
+        if rank:
+            return 0  # rank 0 writes
     path = Path(args.out)
     if written[:1] != [video.shape[1]]:  # a resumed run that was already complete: no section event wrote it
         write_mp4(path, video[0], fps=FPS, crf=args.crf)
-    RunState(state, {}, 0).remove()  # OUT is complete: its state's files are not needed any more (only those)
+    if rank is None:
+        RunState(state, {}, 0).remove()  # OUT is complete: its state's files are not needed any more (only those)
     print(f"wrote {path} ({video.shape[1]} frames, {video.shape[-1]}x{video.shape[-2]}, {FPS} fps)")
     if args.magcache_calibrate:  # for --magcache-ratios FILE.json
         import json

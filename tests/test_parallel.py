@@ -46,3 +46,38 @@ def test_demo_pipeline_frames_equal_one_process(ranks, tmp_path):
             assert cfg == plain and cfg_split == (cfg if ranks > 2 else 0)
         else:  # both branches in turn, each split over all the ranks
             assert cfg == cfg_split == 2 * plain
+
+
+def test_cli_under_torchrun_writes_the_one_process_video(tmp_path):
+    from framepack_native.cli import main
+    from framepack_native.video import read_video
+    args = ["generate", "--demo", "--num-frames", "9", "--window", "2", "--steps", "2", "--height", "32", "--width",
+            "48", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "one.mp4")]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "framepack_native", *args, "--out", str(tmp_path / "two.mp4")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("wrote ") == 1  # rank 0 only
+    assert (read_video(tmp_path / "two.mp4") == read_video(tmp_path / "one.mp4")).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.mp4", "two.mp4"]  # no state folder, no temporaries
+
+
+def test_cli_refuses_ranks_that_disagree(tmp_path):
+    import socket
+    with socket.socket() as s:  # a free port for the two ranks' rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    procs = [subprocess.Popen([sys.executable, "-m", "framepack_native", "generate", "--demo", "--seed", seed,
+                               "--device", "cpu", "--out", str(tmp_path / "out.mp4")], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)))
+             for rank, seed in ((0, "1"), (1, "2"))]  # as torchrun starts them, but with different seeds
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [2, 2]
+    for out, err in outputs:
+        lines = err.strip().splitlines()
+        assert not out and len(lines) == 1 and "rank 1 was started with a different 'seed'" in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
