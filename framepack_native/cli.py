@@ -55,7 +55,8 @@ def _generate(args):
     else:
         from framepack_native import FramePackPipeline
         pipe = FramePackPipeline.from_pretrained(args.model, dtype=dtype, device=args.device, offload=args.offload,
-                                                 preset=args.preset, quantize=quantize, loras=args.loras)
+                                                 preset=args.preset, quantize=quantize, loras=args.loras,
+                                                 parallel=False)  # enabled below, as for the demo
         image, prompt = images.get("--image"), args.prompt
     if rank is not None:
         pipe.enable_parallel()  # every transformer call over the ranks; true CFG's branches on two halves

@@ -76,7 +76,7 @@ class FramePackPipeline:
 
     @classmethod
     def from_pretrained(cls, native_dir, dtype=None, device="cuda", offload=False, preset="official", quantize=None,
-                        loras=()):
+                        loras=(), parallel=None):
         """Load every component of a folder written by `python -m weights_convert`.
 
         dtype: None (the preset's per-component dtypes for the device: official on CUDA = transformer bf16 with
@@ -89,6 +89,9 @@ class FramePackPipeline:
         quantize="fp8": the transformer's block Linear layers in block-scaled fp8, dequantised to its dtype at each
         use (half the memory; a folder converted with --dtype fp8 is fp8 anyway). loras: LoRA files (paths or
         (path, strength)) merged into the transformer as it loads (with fp8, before quantising).
+        parallel: None picks up an initialised torch.distributed group of several ranks (torchrun's) and splits
+        every section over it (enable_parallel); True: the default group; a process group: that one; False: one
+        process's pipeline even there (e.g. one independent copy per GPU).
         """
         dtypes, fp32_output = resolve_dtypes(dtype, device, get_preset(preset))
         root = Path(native_dir)
@@ -122,12 +125,17 @@ class FramePackPipeline:
                                                            device=load_device, quantize=quantize, loras=loras)
         if fp32_output:
             transformer.final_layer.linear.float()  # the app's high_quality_fp32_output_for_inference
-        return cls(
+        pipe = cls(
             transformer=transformer, vae=load(HunyuanVideoVAE, "vae"),
             text_encoder=load(LlamaTextEncoder, "text_encoder").drop_layers_after(HIDDEN_STATE_INDEX),
             text_encoder_2=load(CLIPTextEncoder, "text_encoder_2"),
             image_encoder=load(SiglipVisionEncoder, "image_encoder"), **small,
             sampling_type=manifest.get("sampling_type") or "inverted_anti_drifting", device=device, offload=offload)
+        import torch.distributed as dist
+        several = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if parallel is True or parallel not in (None, False) or (parallel is None and several):
+            pipe.enable_parallel(None if parallel in (None, True) else parallel)
+        return pipe
 
     def load_lora(self, path, strength=1.0, **options):
         """Apply a LoRA to the transformer (repeatable: several at once, each with its strength)."""

@@ -79,6 +79,15 @@ def test_fp8_memory_counted():
     assert ratio <= 0.53 < musubi  # issue 18's goal, counted from the 13B config; musubi's layout for comparison
 
 
+def test_parallel():
+    out = run("parallel.py", "--ranks", "1", "2", "--runs", "1", "--heads", "2", "--head-dim", "16", "--blocks", "1",
+              "1", "--latent", "4", "4", "--window", "2")
+    measured = re.findall(r"^\| ([12]) \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+x \|", out, flags=re.M)
+    assert measured == ["1", "2"]  # both rank counts ran
+    eight = numbers(r"\| 8 \| [\d.]+ \| [\d.]+ GB \| [\d.]+ / ([\d.]+)", out)
+    assert 0 < eight[0] <= 1  # the model's efficiency at 8 GPUs over NVLink
+
+
 def test_real_size_tiny():
     out = run("real_size.py", "--tiny", "--runs", "1", "--device", "cpu")
     assert numbers(r"streamed \(auto\) vs resident \(auto\) output, rel\. L2: ([\d.e+-]+)", out)[0] == 0.0

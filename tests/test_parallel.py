@@ -40,12 +40,23 @@ def test_demo_pipeline_frames_equal_one_process(ranks, tmp_path):
     for errors in result["errors"]:
         calls = errors.pop("calls")
         assert max(errors.values()) < TOL, errors
-        (plain, plain_split), (cfg, cfg_split) = calls["sequence"], calls["cfg"]
+        (plain, plain_split, _), (cfg, cfg_split, _) = calls["sequence"], calls["cfg"]
+        cached, cached_split, ran = calls["teacache"]  # 6 steps a section: TeaCache skipped blocks, on every rank
+        assert cached == cached_split == 3 * plain and 0 < ran < cached
         assert plain_split == plain > 0  # without guidance every call is split over all the ranks
         if result["cfg_parallel"]:  # each rank ran one branch per step, split over its half unless it is one rank
             assert cfg == plain and cfg_split == (cfg if ranks > 2 else 0)
         else:  # both branches in turn, each split over all the ranks
             assert cfg == cfg_split == 2 * plain
+
+
+def test_from_pretrained_picks_the_group_up(reference_store, tmp_path):
+    from tests.reference.pipeline import build_pipeline
+    from weights_convert import convert
+    src = reference_store.get("pipeline_tiny", lambda p: build_pipeline(p, layout="pipeline"))
+    model = convert(src, tmp_path / "model")
+    said = torchrun("load_worker.py", 2, tmp_path / "out.json", str(model))
+    assert said == {"picked": True, "world": 2, "alone": True}
 
 
 def test_cli_under_torchrun_writes_the_one_process_video(tmp_path):

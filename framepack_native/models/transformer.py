@@ -169,6 +169,8 @@ class FramePackTransformer(nn.Module):
         if text_mask is not None:
             kv_lens = text_mask.sum(dim=1, dtype=torch.int32) + (n_img + image_embeds.shape[1])  # on the device
 
+        if self.sequence_parallel is not None:  # the same inputs on every rank: the blocks, the final layer and a
+            self.sequence_parallel.broadcast_(img, txt, vec)  # cache's decisions must agree across the ranks
         window = slice(n_img - T * h * w, n_img)  # the noisy window's tokens, the only ones returned
         blocks = functools.partial(self._blocks, img, txt, vec, cos, sin, kv_lens)  # rows -> (B, R, D)
         if cache is None:
@@ -199,7 +201,6 @@ class FramePackTransformer(nn.Module):
         """_blocks with the image tokens split over the ranks of self.sequence_parallel (framepack_native.parallel):
         each rank runs its 1 / P of them (padded), the text replicated; the window's rows gathered on every rank."""
         sp, backend, n_img = self.sequence_parallel, self.kernel_backend, img.shape[1]
-        sp.broadcast_(img, txt, vec)  # the same inputs on every rank (vec also feeds the final layer after this)
         img, cos, sin = sp.split(img), sp.split(cos, dim=0, pad_value=1.0), sp.split(sin, dim=0, pad_value=0.0)
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, cos, sin, kv_lens, backend, sp=sp, n_img_all=n_img)

@@ -5,7 +5,7 @@ branches on two halves of them).
     torchrun --standalone --nproc-per-node N tests/parallel/pipeline_worker.py OUT.json
 
 Rank 0 writes {"world", "cfg_parallel", "errors": [{case: relative L2 error, "calls": {case: [transformer calls,
-of them split over ranks]}} per rank]} to OUT.json.
+of them split over ranks, of them running the blocks]}} per rank]} to OUT.json.
 """
 import json
 import sys
@@ -16,15 +16,17 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from framepack_native.caches import TeaCacheConfig  # noqa: E402
 from framepack_native.demo import demo_image, demo_pipeline  # noqa: E402
 from tests.reference.common import rel_l2  # noqa: E402
 
 KW = dict(height=32, width=48, num_frames=9, latent_window_size=2, num_inference_steps=2, preset="diffusers")
-CASES = {"sequence": {}, "cfg": dict(true_cfg_scale=3.0, negative_prompt="blurry")}
+CASES = {"sequence": {}, "cfg": dict(true_cfg_scale=3.0, negative_prompt="blurry"),
+         "teacache": dict(cache=TeaCacheConfig(threshold=10.0), num_inference_steps=6)}  # skips agree across ranks
 
 
 def run(pipe, case):
-    return pipe(demo_image(), "waves", generator=torch.Generator().manual_seed(0), **KW, **CASES[case])
+    return pipe(demo_image(), "waves", generator=torch.Generator().manual_seed(0), **{**KW, **CASES[case]})
 
 
 def main(out):
@@ -35,11 +37,15 @@ def main(out):
     calls = []
     forward = pipe.transformer.forward
     pipe.transformer.forward = lambda *a, **k: (calls.append(pipe.transformer.sequence_parallel), forward(*a, **k))[1]
+    runs = []  # the calls whose blocks ran (a cache skips them inside a call)
+    blocks = pipe.transformer._blocks
+    pipe.transformer._blocks = lambda *a, **k: (runs.append(1), blocks(*a, **k))[1]
     split, counts = {}, {}
     for case in CASES:
         calls.clear()
+        runs.clear()
         split[case] = run(pipe, case)
-        counts[case] = [len(calls), sum(sp is not None for sp in calls)]  # transformer calls, of them split
+        counts[case] = [len(calls), sum(sp is not None for sp in calls), len(runs)]  # calls, split, blocks ran
     errors = {case: rel_l2(split[case], single[case]) for case in CASES}
     errors["calls"] = counts
     gathered = [None] * dist.get_world_size()
