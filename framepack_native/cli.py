@@ -39,7 +39,7 @@ def _generate(args):
     from framepack_native import cli_parallel
     rank = cli_parallel.start(args)  # None in one process; under torchrun this rank, its device set
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": None, None: None}[args.dtype]
-    quantize = "fp8" if args.dtype == "fp8" else None
+    quantize = {"transformer": "fp8" if args.dtype == "fp8" else None, "text_encoder": "fp8" if args.fp8_llm else None}
     if args.demo:
         from framepack_native.demo import DEMO_PROMPT, demo_image, demo_pipeline
         print("framepack-native demo: a tiny FramePack with RANDOM weights (no download); the video shows the "
@@ -49,9 +49,10 @@ def _generate(args):
         prompt = DEMO_PROMPT if args.prompt is None else args.prompt
         for path, strength in args.loras:  # merged into the weights; a LoRA that does not fit changes nothing
             pipe.load_lora(path, strength)
-        if quantize:
-            from framepack_native.fp8 import quantize_blocks
-            quantize_blocks(pipe.transformer)  # after the LoRAs: they merge into the float weights
+        from framepack_native.fp8 import quantize_blocks
+        for name, how in quantize.items():
+            if how:
+                quantize_blocks(getattr(pipe, name))  # after the LoRAs: they merge into the float weights
     else:
         from framepack_native import FramePackPipeline
         pipe = FramePackPipeline.from_pretrained(args.model, dtype=dtype, device=args.device, offload=args.offload,
@@ -202,6 +203,8 @@ def _generate_parser(gen):
     gen.add_argument("--sampler", default=None, help="unipc | euler (default: the preset's, unipc / euler)")
     gen.add_argument("--window", type=int, default=9, help=f"latent frames per section, 1..{MAX_WINDOW}")
     gen.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda when available)")
+    gen.add_argument("--fp8-llm", action="store_true",
+                     help="the Llama text encoder's decoder layers in block-scaled fp8 too (quantised at load)")
     gen.add_argument("--dtype", choices=DTYPES, default=None,
                      help="one dtype for every component (default: the preset's; fp32 on CPU); fp8: the "
                           "transformer blocks' Linear weights in block-scaled fp8 (quantised at load unless the "

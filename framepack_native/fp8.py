@@ -184,11 +184,12 @@ def linear_rows(linear, x, start, stop):
     return F.linear(x, linear.weight[start:stop], bias)
 
 
-def block_linears(model):
-    """[(name, nn.Linear)] of the Linear layers inside the model's dual- and single-stream blocks (all of them: q/k/v
-    and output projections, MLPs, modulation), the layers fp8 quantises."""
-    return [(name, m) for name, m in model.named_modules()
-            if type(m) is nn.Linear and name.split(".")[0] in BLOCK_LISTS]
+def block_linears(model, lists=None):
+    """[(name, nn.Linear)] of the Linear layers inside the model's repeated blocks, the layers fp8 quantises: those
+    of the module lists `lists`, by default the model's `fp8_block_lists` (the transformer's dual- and single-stream
+    blocks: q/k/v and output projections, MLPs, modulation; the Llama encoder's layers), else BLOCK_LISTS."""
+    lists = lists or getattr(model, "fp8_block_lists", BLOCK_LISTS)
+    return [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear and name.split(".")[0] in lists]
 
 
 def quantize_blocks(model, names=None):

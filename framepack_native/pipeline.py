@@ -9,7 +9,6 @@ last-image posterior, then one noise tensor per section), so the same generator 
 import contextlib
 import math
 import warnings
-from pathlib import Path
 
 import PIL.Image
 import torch
@@ -20,22 +19,17 @@ from framepack_native.encoding import section_inputs, section_texts
 from framepack_native.extension import DEFAULT_CONTEXT_LATENTS, extended_plan, read_source
 from framepack_native.image import (SiglipProcessorConfig, center_crop_uint8, nearest_bucket,
                                     siglip_pixels, siglip_pixels_uint8, to_uint8_picture, vae_pixels)
-from framepack_native.models import (CLIPTextEncoder, FramePackTransformer, HunyuanVideoVAE, LlamaTextEncoder,
-                                     SiglipVisionEncoder)
-from framepack_native.models.loading import check_manifest_files, read_manifest
 from framepack_native.frames import FrameStore
 from framepack_native.offload import on_device, streamed_blocks
-from framepack_native.presets import get_preset, resolve_dtypes, second_generator
+from framepack_native.presets import get_preset, second_generator
 from framepack_native.files import sha256
 from framepack_native.run_state import RunState, picture_digest, seed_digest, vae_tiling, weights_digest
-from framepack_native.prompt import CROP_START, HIDDEN_STATE_INDEX, HUNYUAN_TEMPLATE, MAX_SEQUENCE_LENGTH, encode_prompt
+from framepack_native.prompt import CROP_START, HUNYUAN_TEMPLATE, MAX_SEQUENCE_LENGTH, encode_prompt
 from framepack_native.sampling import FlowMatchConfig, flow_sigmas, flux_sigmas, shift_mu
 from framepack_native.section_loop import LoopState, NonFiniteError, Sampling, all_latents, run_sections  # noqa: F401
 from framepack_native.sections import SAMPLING_TYPES, history_init, num_sections, section_plan  # noqa: F401
 from framepack_native.caches import resolve_cache
 from framepack_native.lora import loras
-from framepack_native.tokenizers import CLIPTokenizer, LlamaTokenizer
-from framepack_native.weights import CheckpointError, open_checkpoint
 
 OUTPUT_TYPES = ("pt", "uint8", "np", "pil", "latent")
 
@@ -87,55 +81,15 @@ class FramePackPipeline:
         the transformer and the Llama encoder one block at a time (framepack_native.offload), so the 13B model
         runs on a 24 GB GPU.
         quantize="fp8": the transformer's block Linear layers in block-scaled fp8, dequantised to its dtype at each
-        use (half the memory; a folder converted with --dtype fp8 is fp8 anyway). loras: LoRA files (paths or
+        use (half the memory; a folder converted with --dtype fp8 is fp8 anyway); {component: "fp8"} for the
+        transformer and / or the Llama text_encoder (its decoder layers: musubi-tuner's --fp8_llm). loras: LoRA files (paths or
         (path, strength)) merged into the transformer as it loads (with fp8, before quantising).
         parallel: None picks up an initialised torch.distributed group of several ranks (torchrun's) and splits
         every section over it (enable_parallel); True: the default group; a process group: that one; False: one
         process's pipeline even there (e.g. one independent copy per GPU).
         """
-        dtypes, fp32_output = resolve_dtypes(dtype, device, get_preset(preset))
-        root = Path(native_dir)
-        manifest = read_manifest(root)
-        need = ("transformer", "vae", "text_encoder", "text_encoder_2", "image_encoder")
-        missing = [n for n in need if n not in manifest["components"]]
-        missing += [n for n in ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor")
-                    if n not in manifest["aux"]]
-        if missing:
-            raise CheckpointError(f"{root}: incomplete model folder, missing {', '.join(missing)} (convert the "
-                                  "pipeline with --transformer and --image-encoder)")
-        load_device = "cpu" if offload else device
-        folders = {name: root / entry["path"] for section in ("components", "aux")
-                   for name, entry in manifest[section].items()}
-
-        # The small files and every weight file's header first: a damaged or truncated one fails in a second,
-        # not after minutes of loading the other components.
-        for name in need:
-            open_checkpoint(folders[name])
-        small = dict(tokenizer=LlamaTokenizer.from_pretrained(folders["tokenizer"]),
-                     tokenizer_2=CLIPTokenizer.from_pretrained(folders["tokenizer_2"]),
-                     image_processor=SiglipProcessorConfig.from_pretrained(folders["feature_extractor"]),
-                     scheduler=FlowMatchConfig.from_file(folders["scheduler"] / "scheduler_config.json"))
-        for name in ("scheduler", "feature_extractor"):  # after they parse: a malformed one keeps its own message
-            check_manifest_files(folders[name])  # (the tokenizers check their own files)
-
-        def load(cls_, name):
-            return cls_.from_pretrained(folders[name], dtype=dtypes[name], device=load_device)
-
-        transformer = FramePackTransformer.from_pretrained(folders["transformer"], dtype=dtypes["transformer"],
-                                                           device=load_device, quantize=quantize, loras=loras)
-        if fp32_output:
-            transformer.final_layer.linear.float()  # the app's high_quality_fp32_output_for_inference
-        pipe = cls(
-            transformer=transformer, vae=load(HunyuanVideoVAE, "vae"),
-            text_encoder=load(LlamaTextEncoder, "text_encoder").drop_layers_after(HIDDEN_STATE_INDEX),
-            text_encoder_2=load(CLIPTextEncoder, "text_encoder_2"),
-            image_encoder=load(SiglipVisionEncoder, "image_encoder"), **small,
-            sampling_type=manifest.get("sampling_type") or "inverted_anti_drifting", device=device, offload=offload)
-        import torch.distributed as dist
-        several = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        if parallel is True or parallel not in (None, False) or (parallel is None and several):
-            pipe.enable_parallel(None if parallel in (None, True) else parallel)
-        return pipe
+        from framepack_native.pipeline_loading import load_pipeline
+        return load_pipeline(cls, native_dir, dtype, device, offload, preset, quantize, loras, parallel)
 
     def load_lora(self, path, strength=1.0, **options):
         """Apply a LoRA to the transformer (repeatable: several at once, each with its strength)."""

@@ -237,3 +237,40 @@ def test_dequantised_weights_are_what_the_layers_multiply(folders):
     w = dequantize_fp8(layer.weight, layer.scale_weight, torch.float32)
     with torch.no_grad():
         assert torch.equal(layer(x), torch.nn.functional.linear(x, w, layer.bias))
+
+
+def test_llama_text_encoder_in_fp8(reference_store, tmp_path_factory):
+    from framepack_native.models import LlamaTextEncoder
+    from tests.reference.encoders import LLAMA_TINY, build_llama, converted
+    _, dst = converted(reference_store, tmp_path_factory, "llama_tiny_gqa", build_llama, LLAMA_TINY)
+    exact = LlamaTextEncoder.from_pretrained(dst, dtype=torch.float32, device="cpu")
+    fp8 = LlamaTextEncoder.from_pretrained(dst, dtype=torch.float32, device="cpu", quantize="fp8")
+    layers = fp8_layers(fp8)
+    assert sorted(layers) == sorted(n for n, _ in block_linears(exact))  # every Linear of the decoder layers
+    assert {n.split(".")[-1] for n in layers} == {"qkv", "out", "gate_up", "down"}
+    assert fp8.embed.weight.dtype == torch.float32 and fp8.norm.weight.dtype == torch.float32
+    ids = torch.randint(0, LLAMA_TINY["vocab_size"], (2, 19), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        err = rel_l2(fp8(ids, mask, hidden_state_index=-3), exact(ids, mask, hidden_state_index=-3))
+    assert 1e-4 < err < 0.1  # quantised, and close (a tiny model: few layers)
+
+
+def test_cli_fp8_llm(fp8_pipeline, tmp_path, monkeypatch):
+    from framepack_native.pipeline import FramePackPipeline
+    loaded = []
+    real = FramePackPipeline.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        pipe = real(cls, *args, **kwargs)
+        loaded.append(pipe)
+        return pipe
+    monkeypatch.setattr(FramePackPipeline, "from_pretrained", classmethod(spy))
+    image = tmp_path / "in.png"
+    from PIL import Image
+    Image.new("RGB", (48, 32), (120, 30, 200)).save(image)
+    assert main(["generate", "--model", str(fp8_pipeline), "--image", str(image), "--fp8-llm", *GENERATE, "--out",
+                 str(tmp_path / "x.mp4")]) == 0
+    (pipe,) = loaded
+    assert fp8_layers(pipe.text_encoder) and fp8_layers(pipe.transformer)  # fp8 as converted, the Llama at load
+    assert read_video(tmp_path / "x.mp4").shape == (13, 32, 48, 3)

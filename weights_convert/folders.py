@@ -50,7 +50,7 @@ def convert_component(converter, src, dst, dtype=None, max_shard_bytes=SHARD_BYT
     transformer blocks quantised from their float32 values (framepack_native.fp8: each followed by its
     .scale_weight), every other floating tensor bf16. Integer tensors keep theirs.
     """
-    from framepack_native.fp8 import FP8, SCALE_SUFFIX, block_linears, quantize_fp8, scale_blocks
+    from framepack_native.fp8 import BLOCK_LISTS, FP8, SCALE_SUFFIX, block_linears, quantize_fp8, scale_blocks
     dtype = cast_dtype(dtype)
     src, dst = Path(src), Path(dst)
     config_path = src / "config.json"
@@ -74,7 +74,8 @@ def convert_component(converter, src, dst, dtype=None, max_shard_bytes=SHARD_BYT
         for name in step.srcs:
             check_dtype(ckpt.dtype(name), model_dtypes[step.dst], ckpt.file(name), name)
     by_dst = {s.dst: s for s in steps}
-    quantised = {f"{n}.weight" for n, _ in block_linears(model)} if dtype == FP8 else set()
+    # only the transformer's blocks (the Llama encoder is quantised at load, if at all: --fp8-llm)
+    quantised = {f"{n}.weight" for n, _ in block_linears(model, BLOCK_LISTS)} if dtype == FP8 else set()
     scales = {}  # a quantised weight's module -> its scale, made with it and written right after it
 
     def out_dtype(name):

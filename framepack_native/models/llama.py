@@ -252,6 +252,7 @@ class LlamaTextEncoder(nn.Module):
     """Llama decoder stack returning one of its hidden states (transformers' LlamaModel, output_hidden_states)."""
 
     config_class = LlamaConfig
+    fp8_block_lists = ("layers",)  # where quantize="fp8" quantises (framepack_native.fp8)
 
     def __init__(self, config):
         super().__init__()
@@ -262,8 +263,10 @@ class LlamaTextEncoder(nn.Module):
         self._rope_cache = {}
 
     @classmethod
-    def from_pretrained(cls, path, dtype=torch.bfloat16, device="cuda"):
-        return load_pretrained(cls, path, dtype, device)
+    def from_pretrained(cls, path, dtype=torch.bfloat16, device="cuda", quantize=None):
+        """Load a converted folder; quantize="fp8": every Linear of the decoder layers in block-scaled fp8, quantised
+        as it is read (musubi-tuner's --fp8_llm; framepack_native.fp8), the embedding and norms as they are."""
+        return load_pretrained(cls, path, dtype, device, quantize=quantize)
 
     def rope(self, length, device):
         """cos, sin (L, Dh) float32 for positions 0..L-1, cached per device and length."""

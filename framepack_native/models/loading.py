@@ -193,7 +193,7 @@ def load_pretrained(cls, path, dtype=torch.bfloat16, device="cuda", quantize=Non
         model = cls(config)
     source, keep = fp8_loading.prepare(model, checkpoint, quantize, loras)
     load_state(model, source, dtype=dtype, device=device, keep_dtype=keep)
-    fp8_loading.check_loaded(model, checkpoint)
+    fp8_loading.check_loaded(model, source)
     if loras and not keep:
         for lora_path, strength in loras:
             model.load_lora(lora_path, strength)

@@ -87,6 +87,7 @@ class FramePackTransformer(nn.Module):
     config_class = FramePackTransformerConfig
     kernel_backend = "auto"  # "auto" | "torch" | "triton", passed to every kernels.* call
     sequence_parallel = None  # a framepack_native.parallel.SequenceParallel: see enable_sequence_parallel
+    fp8_block_lists = ("double_blocks", "single_blocks")  # where quantize="fp8" quantises (framepack_native.fp8)
 
     def __init__(self, config):
         super().__init__()
