@@ -42,15 +42,30 @@ class _ErrorsOnly(io.TextIOBase):
         self.stream.flush()
 
 
+def _plain(value):
+    """value if it is what the command line gives (strings, numbers, flags, lists of them), else None."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)) and all(_plain(v) is not None or v is None for v in value):
+        return [_plain(v) for v in value]
+    return None
+
+
 def _fingerprint(args):
-    """What must be the same on every rank: the parsed arguments but the device, and the model's manifest hash."""
+    """What must be the same on every rank: the command-line values but the device (what was read from them, images
+    and videos, is compared through their paths), and the model's manifest hash."""
     from pathlib import Path
 
     from framepack_native.files import sha256
-    said = {k: repr(v) for k, v in sorted(vars(args).items()) if k not in ("device", "func")}
+    said = {k: repr(_plain(v)) for k, v in sorted(vars(args).items())
+            if k != "device" and (_plain(v) is not None or v is None)}
     if args.model and (Path(args.model) / "manifest.json").is_file():
         said["model manifest.json"] = sha256(Path(args.model) / "manifest.json")
     return said
+
+
+def _short(text, limit=60):
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def start(args):
@@ -69,7 +84,11 @@ def start(args):
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = args.device.startswith("cuda")
     if cuda:
-        args.device = f"cuda:{local}"
+        visible = torch.cuda.device_count()  # 1 when the launcher gives each rank its own CUDA_VISIBLE_DEVICES
+        if visible == 0 or (visible > 1 and local >= visible):
+            raise UsageError(f"rank {os.environ.get('RANK', '?')} (LOCAL_RANK {local}) sees {visible} GPUs: one each "
+                             "is needed (or --device cpu for gloo)")
+        args.device = f"cuda:{local if visible > 1 else 0}"
         torch.cuda.set_device(args.device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
@@ -79,8 +98,10 @@ def start(args):
     for r, other in enumerate(said):
         differs = sorted(k for k in set(other) | set(said[0]) if other.get(k) != said[0].get(k))
         if differs:
-            raise UsageError(f"rank {r} was started with a different {differs[0]!r} than rank 0 ({other.get(differs[0])} "
-                             f"vs {said[0].get(differs[0])}): every rank needs the same command and model")
+            key = differs[0]
+            raise UsageError(f"rank {r} was started with a different {key!r} than rank 0 "
+                             f"({_short(str(other.get(key)))} vs {_short(str(said[0].get(key)))}): every rank needs "
+                             "the same command and model")
     if rank:
         sys.stdout = _ErrorsOnly(sys.__stderr__)
         sys.stderr = _ErrorsOnly(sys.__stderr__)

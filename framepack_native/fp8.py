@@ -105,7 +105,8 @@ class _Workspaces:
         buf = self.buffers.get(key)
         if buf is None or buf.numel() < n:
             self.buffers.pop(key, None)  # the old one is freed before the larger one is made
-            buf = self.buffers[key] = torch.empty(n, dtype=dtype, device=device)
+            with torch.inference_mode(False):  # a normal tensor: writable under no_grad and inference_mode alike
+                buf = self.buffers[key] = torch.empty(n, dtype=dtype, device=device)
         return buf[:n].view(shape)
 
     def clear(self):

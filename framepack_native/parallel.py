@@ -134,11 +134,12 @@ class Parallel:
         if self.cfg:
             ranks = [dist.get_global_rank(group, i) if group is not None else i for i in range(world)]
             n = world // 2
-            halves = [dist.new_group(ranks[:n]), dist.new_group(ranks[n:])]  # every rank makes every group
-            pairs = [dist.new_group([ranks[i], ranks[i + n]]) for i in range(n)]
             self.branch = rank // n
-            self.half = SequenceParallel(rank % n, n, halves[self.branch]) if n > 1 else None
-            self.pair = pairs[rank % n]
+            # made by their members only, named by their ranks (local synchronisation): two pipelines on disjoint
+            # groups of one job cannot clash, and ranks outside `group` need not take part
+            half = dist.new_group(ranks[self.branch * n:(self.branch + 1) * n], use_local_synchronization=True)
+            self.half = SequenceParallel(rank % n, n, half) if n > 1 else None
+            self.pair = dist.new_group([ranks[rank % n], ranks[rank % n + n]], use_local_synchronization=True)
 
     def check(self, num_heads):
         self.sequence.check_heads(num_heads)

@@ -258,6 +258,8 @@ class FramePackPipeline:
         run = None
         if resume and state_dir is None:
             raise ValueError("resume=True needs the state_dir of the run to resume")
+        if self.parallel is not None and getattr(cache, "calibrate", False):
+            raise ValueError("a MagCache calibration must see every transformer call: run it in one process")
         if resume and getattr(cache, "calibrate", False):
             raise ValueError("a MagCache calibration must see every section: it cannot resume a run")
         if state_dir is not None:

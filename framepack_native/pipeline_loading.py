@@ -46,11 +46,10 @@ def load_pipeline(cls, native_dir, dtype, device, offload, preset, quantize, lor
     def load(cls_, name):
         return cls_.from_pretrained(folders[name], dtype=dtypes[name], device=load_device)
 
-    transformer = FramePackTransformer.from_pretrained(folders["transformer"], dtype=dtypes["transformer"],
-                                                       device=load_device, quantize=quantized.get("transformer"),
-                                                       loras=loras)
-    if fp32_output:
-        transformer.final_layer.linear.float()  # the app's high_quality_fp32_output_for_inference
+    # the app's high_quality_fp32_output_for_inference: the output Linear in float32, before any LoRA merges into it
+    transformer = FramePackTransformer.from_pretrained(
+        folders["transformer"], dtype=dtypes["transformer"], device=load_device, quantize=quantized.get("transformer"),
+        loras=loras, fp32_modules=("final_layer.linear",) if fp32_output else ())
     pipe = cls(
         transformer=transformer, vae=load(HunyuanVideoVAE, "vae"),
         text_encoder=LlamaTextEncoder.from_pretrained(

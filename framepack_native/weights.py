@@ -307,11 +307,11 @@ def check_checkpoint(model, checkpoint):
         check_dtype(checkpoint.dtype(name), t.dtype, checkpoint.file(name), name)
 
 
-def load_state(model, checkpoint, dtype=None, device="cpu", keep_dtype=()):
+def load_state(model, checkpoint, dtype=None, device="cpu", keep_dtype=(), dtypes=None):
     """Load a checkpoint into `model` (typically built on the meta device): strict, assign, tensor by tensor.
 
     Floating tensors are cast to dtype (None keeps the stored one), except those named in keep_dtype (fp8 weights
-    and their scales); integer tensors keep theirs. A checkpoint opened with checksums is checked after the last
+    and their scales) and those given their own in dtypes ({name: dtype}); integer tensors keep theirs. A checkpoint opened with checksums is checked after the last
     tensor is read, before any is assigned to the model. checkpoint: a path, a Checkpoint, or an object with its
     reading interface (framepack_native.fp8_loading.QuantizingCheckpoint).
     """
@@ -322,7 +322,8 @@ def load_state(model, checkpoint, dtype=None, device="cpu", keep_dtype=()):
     state = {}
     for name in expected:
         cast = checkpoint.dtype(name).is_floating_point and name not in keep_dtype
-        state[name] = checkpoint.get(name, dtype=dtype if cast else None, device=device)
+        wanted = (dtypes or {}).get(name, dtype) if cast else None
+        state[name] = checkpoint.get(name, dtype=wanted, device=device)
     checkpoint.check_checksums()
     model.load_state_dict(state, strict=True, assign=True)
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]

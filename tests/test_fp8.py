@@ -95,3 +95,14 @@ def test_row_chunks_change_nothing(monkeypatch):
         monkeypatch.setattr(fp8, "CHUNK_ELEMENTS", elements)
         q2, scale2 = quantize_fp8(w)
         assert torch.equal(q2.view(torch.uint8), q.view(torch.uint8)) and torch.equal(scale2, scale)
+
+
+def test_the_shared_workspace_serves_inference_mode_then_no_grad():
+    from framepack_native.fp8 import release_workspaces
+    release_workspaces()
+    layer = Fp8Linear.from_linear(torch.nn.Linear(BLOCK, 8))
+    x = torch.randn(2, BLOCK)
+    with torch.inference_mode():
+        first = layer(x)  # the workspace is made here
+    with torch.no_grad():
+        assert torch.equal(layer(x), first)

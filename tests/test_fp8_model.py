@@ -274,3 +274,30 @@ def test_cli_fp8_llm(fp8_pipeline, tmp_path, monkeypatch):
     (pipe,) = loaded
     assert fp8_layers(pipe.text_encoder) and fp8_layers(pipe.transformer)  # fp8 as converted, the Llama at load
     assert read_video(tmp_path / "x.mp4").shape == (13, 32, 48, 3)
+
+
+@pytest.mark.parametrize("quantize", [None, "fp8"])
+def test_the_float32_output_head_takes_loras_in_float32(folders, tmp_path, quantize):
+    src, fp32, _ = folders
+    shapes = ref_lora.module_shapes(dict(load(src).config))
+    lora = ref_lora.save(tmp_path / "a.safetensors", ref_lora.random_peft(shapes, seed=3))
+    model = FramePackTransformer.from_pretrained(fp32, dtype=torch.bfloat16, device="cpu", quantize=quantize,
+                                                 loras=[lora], fp32_modules=("final_layer.linear",))
+    exact = _load(fp32)
+    exact.load_lora(lora)  # float32 load, float32 merge
+    head = model.final_layer.linear
+    assert not torch.equal(exact.final_layer.linear.weight, _load(fp32).final_layer.linear.weight)  # touched
+    assert head.weight.dtype == torch.float32 and model.final_layer.modulation.weight.dtype == torch.bfloat16
+    assert torch.equal(head.weight, exact.final_layer.linear.weight)  # not rounded through bf16
+    assert torch.equal(head.bias, exact.final_layer.linear.bias)
+    if quantize is None:
+        model.unload_lora()  # the merge happened in float32: it comes off exactly
+        assert torch.equal(head.weight, _load(fp32).final_layer.linear.weight)
+
+
+def test_an_fp8_folder_is_hashed_in_one_pass(folders, monkeypatch):
+    import framepack_native.weights as weights
+    rehashed = []
+    monkeypatch.setattr(weights, "sha256", lambda path: rehashed.append(path))  # the fallback: a second read
+    model = _load(folders[2])  # its files in the order it loads them: each hashed as it is read
+    assert fp8_layers(model) and rehashed == []

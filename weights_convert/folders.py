@@ -85,12 +85,17 @@ def convert_component(converter, src, dst, dtype=None, max_shard_bytes=SHARD_BYT
             return FP8 if name in quantised else torch.bfloat16
         return dtype or widest_dtype([ckpt.dtype(n) for n in by_dst[name].srcs])
 
-    specs = []
+    specs, later = [], {}  # a scale goes after its module's bias: the order an fp8 model loads in (one-pass hash)
     for name in expected:
         specs.append((name, planned_shape(by_dst[name]), out_dtype(name)))
+        module = name.rpartition(".")[0]
         if name in quantised:
             out_f, in_f = specs[-1][1]
-            specs.append((name[:-len(".weight")] + SCALE_SUFFIX, (out_f, scale_blocks(in_f)), torch.bfloat16))
+            later[module] = (module + SCALE_SUFFIX, (out_f, scale_blocks(in_f)), torch.bfloat16)
+            if module + ".bias" not in expected:
+                specs.append(later.pop(module))
+        elif name == module + ".bias" and module in later:
+            specs.append(later.pop(module))
 
     def read(name, as_dtype):
         step = by_dst[name]

@@ -161,7 +161,7 @@ def read_config(cls, folder):
     return config_from_dict(cls.config_class, doc["config"], path)
 
 
-def load_pretrained(cls, path, dtype=torch.bfloat16, device="cuda", quantize=None, loras=()):
+def load_pretrained(cls, path, dtype=torch.bfloat16, device="cuda", quantize=None, loras=(), fp32_modules=()):
     """Build `cls` on the meta device from a native folder and load its weights (strict, assign). Eval mode.
 
     In a converted folder every file is checked against manifest.json's SHA-256 (the weights as they are read, at
@@ -171,6 +171,7 @@ def load_pretrained(cls, path, dtype=torch.bfloat16, device="cuda", quantize=Non
     fp8 (framepack_native.fp8_loading): a checkpoint holding fp8 layers loads them as stored; quantize="fp8"
     quantises a float one's block Linear layers as they are read. loras: LoRA files (paths or (path, strength))
     merged into the weights: before quantising with fp8, else after the load (undoable with unload_lora).
+    fp32_modules: modules whose floating tensors load in float32 whatever dtype says (before any LoRA merges).
     """
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating-point torch.dtype (e.g. torch.bfloat16), got {dtype!r}")
@@ -192,7 +193,9 @@ def load_pretrained(cls, path, dtype=torch.bfloat16, device="cuda", quantize=Non
     with torch.device("meta"):
         model = cls(config)
     source, keep = fp8_loading.prepare(model, checkpoint, quantize, loras)
-    load_state(model, source, dtype=dtype, device=device, keep_dtype=keep)
+    fp32 = {name: torch.float32 for name in model.state_dict(keep_vars=True)
+            if any(name.startswith(m + ".") for m in fp32_modules)}
+    load_state(model, source, dtype=dtype, device=device, keep_dtype=keep, dtypes=fp32)
     fp8_loading.check_loaded(model, source)
     if loras and not keep:
         for lora_path, strength in loras:

@@ -109,14 +109,15 @@ class FramePackTransformer(nn.Module):
         self.final_layer = FinalLayer(dim, c.patch_size_t * c.patch_size**2 * c.out_channels)
 
     @classmethod
-    def from_pretrained(cls, path, dtype=torch.bfloat16, device="cuda", quantize=None, loras=()):
+    def from_pretrained(cls, path, dtype=torch.bfloat16, device="cuda", quantize=None, loras=(), fp32_modules=()):
         """Load a converted native folder (or a converted pipeline root) strictly, in eval mode.
 
         dtype: the compute dtype (fp8 layers dequantise to it). quantize="fp8": the Linear layers of the dual- and
         single-stream blocks quantised as they are read (a checkpoint converted with --dtype fp8 loads in fp8
         anyway). loras: LoRA files (paths or (path, strength)), merged; with fp8, into the float weights before
-        they are quantised (framepack_native.fp8_loading)."""
-        return load_pretrained(cls, path, dtype, device, quantize=quantize, loras=loras)
+        they are quantised (framepack_native.fp8_loading). fp32_modules: modules loaded in float32 before the LoRAs
+        merge, e.g. ("final_layer.linear",): the official app's float32 output head."""
+        return load_pretrained(cls, path, dtype, device, quantize=quantize, loras=loras, fp32_modules=fp32_modules)
 
     def load_lora(self, path, strength=1.0, **options):
         """Apply a LoRA file (musubi / kohya, diffusers / PEFT or original HunyuanVideo keys); framepack_native.lora."""
