@@ -92,3 +92,12 @@ def test_cli_refuses_ranks_that_disagree(tmp_path):
         lines = err.strip().splitlines()
         assert not out and len(lines) == 1 and "rank 1 was started with a different 'seed'" in lines[0], lines
     assert list(tmp_path.iterdir()) == []
+
+
+def test_magcache_calibration_is_refused_on_several_ranks():
+    from framepack_native.caches import MagCacheConfig
+    from framepack_native.demo import demo_image, demo_pipeline
+    pipe = demo_pipeline()
+    pipe.parallel = object()  # as enable_parallel leaves it on several ranks (no group needed to refuse)
+    with pytest.raises(ValueError, match="calibration must see every transformer call"):
+        pipe(demo_image(), "waves", cache=MagCacheConfig(calibrate=True), num_frames=9, latent_window_size=2)
