@@ -125,6 +125,7 @@ def worker(args):
     result = {"world": dist.get_world_size(), "total": statistics.median(totals), "comm": statistics.median(comms)}
     if dist.get_rank() == 0:
         print(json.dumps(result))
+    dist.barrier()
     dist.destroy_process_group()
 
 

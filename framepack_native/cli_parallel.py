@@ -97,7 +97,9 @@ def start(args):
     dist.all_gather_object(said, _fingerprint(args))
     for r, other in enumerate(said):
         differs = sorted(k for k in set(other) | set(said[0]) if other.get(k) != said[0].get(k))
-        if differs:
+        if differs:  # every rank sees the same lists: all refuse, leaving the group together (rank 0 holds its store)
+            dist.barrier()
+            dist.destroy_process_group()
             key = differs[0]
             raise UsageError(f"rank {r} was started with a different {key!r} than rank 0 "
                              f"({_short(str(other.get(key)))} vs {_short(str(said[0].get(key)))}): every rank needs "
@@ -109,6 +111,8 @@ def start(args):
 
 
 def finish():
+    """Leave the group together: no rank tears it down (rank 0 holds its store) while another still uses it."""
     import torch.distributed as dist
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

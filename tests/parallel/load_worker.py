@@ -23,6 +23,7 @@ def main(out, model):
             "alone": alone.parallel is None and alone.transformer.sequence_parallel is None}
     if dist.get_rank() == 0:
         Path(out).write_text(json.dumps(said))
+    dist.barrier()  # no rank leaves while another still talks to rank 0's store
     dist.destroy_process_group()
 
 

@@ -53,6 +53,7 @@ def main(out):
     if dist.get_rank() == 0:
         Path(out).write_text(json.dumps({"world": dist.get_world_size(), "cfg_parallel": pipe.parallel.cfg,
                                          "errors": gathered}))
+    dist.barrier()  # no rank leaves while another still talks to rank 0's store
     dist.destroy_process_group()
 
 

@@ -48,6 +48,7 @@ def main(out):
     dist.all_gather_object(gathered, errors)  # every rank's output must match, not only rank 0's
     if dist.get_rank() == 0:
         Path(out).write_text(json.dumps({"world": dist.get_world_size(), "errors": gathered}))
+    dist.barrier()  # no rank leaves while another still talks to rank 0's store
     dist.destroy_process_group()
 
 
