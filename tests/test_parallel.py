@@ -71,7 +71,10 @@ def test_cli_under_torchrun_writes_the_one_process_video(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.count("wrote ") == 1  # rank 0 only
-    assert (read_video(tmp_path / "two.mp4") == read_video(tmp_path / "one.mp4")).all()
+    two, one = read_video(tmp_path / "two.mp4").astype(float), read_video(tmp_path / "one.mp4").astype(float)
+    # the frames agree to ~1e-7 (test_demo_pipeline_frames_equal_one_process), but one uint8 rounding that flips
+    # changes the encoder's choices: the mp4s are compared loosely (measured: mean 1.3 / 255 when they differ)
+    assert two.shape == one.shape == (17, 32, 48, 3) and one.std() > 10 and abs(two - one).mean() < 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.mp4", "two.mp4"]  # no state folder, no temporaries
 
 
