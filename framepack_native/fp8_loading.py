@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from framepack_native.files import CheckpointError
+from framepack_native.lora_formats import _module  # a submodule by name, None if there is none
 from framepack_native.fp8 import (FP8, SCALE_SUFFIX, block_linears, check_fp8_pair, fp8_layers, quantize_blocks,
                                   quantize_fp8, scale_blocks)
 
@@ -110,7 +111,7 @@ def stored_fp8_modules(checkpoint):
 
 def prepare(model, checkpoint, quantize=None, loras=()):
     """Make the meta-built `model` fit the checkpoint's fp8 layers, or quantise=`"fp8"` ones; returns (the
-    checkpoint to load, {tensor names that keep their stored dtype}) for framepack_native.weights.load_state.
+    checkpoint to load, {tensor name: None} for the tensors that keep their stored dtype: load_state's dtypes).
     LoRAs (path or (path, strength)) are read and checked against the model first; with no fp8 anywhere the caller
     merges them after the load instead (the usual undoable merge)."""
     stored = stored_fp8_modules(checkpoint)
@@ -143,15 +144,8 @@ def prepare(model, checkpoint, quantize=None, loras=()):
                 deltas.setdefault(module, []).append((update, strength))
         checkpoint = QuantizingCheckpoint(checkpoint, names, deltas)
     quantize_blocks(model, names)
-    keep = {f"{n}.weight" for n in names} | {n + SCALE_SUFFIX for n in names}
+    keep = {key: None for n in names for key in (f"{n}.weight", n + SCALE_SUFFIX)}
     return checkpoint, keep
-
-
-def _module(model, name):
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        return None
 
 
 def check_loaded(model, checkpoint):

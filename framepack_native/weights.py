@@ -307,11 +307,11 @@ def check_checkpoint(model, checkpoint):
         check_dtype(checkpoint.dtype(name), t.dtype, checkpoint.file(name), name)
 
 
-def load_state(model, checkpoint, dtype=None, device="cpu", keep_dtype=(), dtypes=None):
+def load_state(model, checkpoint, dtype=None, device="cpu", dtypes=None):
     """Load a checkpoint into `model` (typically built on the meta device): strict, assign, tensor by tensor.
 
-    Floating tensors are cast to dtype (None keeps the stored one), except those named in keep_dtype (fp8 weights
-    and their scales) and those given their own in dtypes ({name: dtype}); integer tensors keep theirs. A checkpoint opened with checksums is checked after the last
+    Floating tensors are cast to dtype (None keeps the stored one), or to their own in dtypes ({name: dtype, or
+    None for the stored one: fp8 weights and their scales}); integer tensors keep theirs. A checkpoint opened with checksums is checked after the last
     tensor is read, before any is assigned to the model. checkpoint: a path, a Checkpoint, or an object with its
     reading interface (framepack_native.fp8_loading.QuantizingCheckpoint).
     """
@@ -321,8 +321,7 @@ def load_state(model, checkpoint, dtype=None, device="cpu", keep_dtype=(), dtype
     expected = model.state_dict(keep_vars=True)
     state = {}
     for name in expected:
-        cast = checkpoint.dtype(name).is_floating_point and name not in keep_dtype
-        wanted = (dtypes or {}).get(name, dtype) if cast else None
+        wanted = (dtypes or {}).get(name, dtype) if checkpoint.dtype(name).is_floating_point else None
         state[name] = checkpoint.get(name, dtype=wanted, device=device)
     checkpoint.check_checksums()
     model.load_state_dict(state, strict=True, assign=True)

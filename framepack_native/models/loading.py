@@ -195,7 +195,7 @@ def load_pretrained(cls, path, dtype=torch.bfloat16, device="cuda", quantize=Non
     source, keep = fp8_loading.prepare(model, checkpoint, quantize, loras)
     fp32 = {name: torch.float32 for name in model.state_dict(keep_vars=True)
             if any(name.startswith(m + ".") for m in fp32_modules)}
-    load_state(model, source, dtype=dtype, device=device, keep_dtype=keep, dtypes=fp32)
+    load_state(model, source, dtype=dtype, device=device, dtypes={**fp32, **keep})
     fp8_loading.check_loaded(model, source)
     if loras and not keep:
         for lora_path, strength in loras:
