@@ -4,7 +4,7 @@ setup(
     name="framepack_native",
     version="0.1.0",
     description="FramePack image-to-video on HunyuanVideo in plain PyTorch, with Triton kernels",
-    packages=["framepack_native", "framepack_native.models", "kernels", "weights_convert"],
+    packages=["framepack_native", "framepack_native.models", "framepack_native.app", "kernels", "weights_convert"],
     package_data={"framepack_native": ["assets/*"]},
     python_requires=">=3.10",
     install_requires=[
@@ -29,6 +29,11 @@ setup(
             "framepack==0.0.9",
             "psutil",
             "peft",
+            "playwright>=1.40",
+        ],
+        # the web app (framepack-native serve); its browser test also needs Chromium (Debian: apt-get install chromium)
+        "ui": [
+            "gradio>=6.0,<7",
         ],
     },
     entry_points={"console_scripts": ["framepack-native = framepack_native.cli:main"]},

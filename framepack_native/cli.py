@@ -235,6 +235,8 @@ def build_parser():
     from weights_convert.__main__ import build_parser as convert_parser, run as convert_run
     conv = convert_parser(sub.add_parser("convert", help="convert checkpoints (as python -m weights_convert)"))
     conv.set_defaults(func=convert_run)
+    from framepack_native.cli_serve import add_serve_parser
+    add_serve_parser(sub)
     return parser
 
 

@@ -103,11 +103,9 @@ def parse_keyframe_arg(text):
 def check_control(args, sampling, images):
     """Read the keyframes and the video to extend, and check them and a timestamped prompt against the run's
     sections; sets args.keyframes ({seconds: picture}) and args.extend_frames (frames or None)."""
-    from framepack_native.arguments import run_plan
-    from framepack_native.conditioning import check_keyframe_embeds, plan_keyframes, plan_prompts
-    from framepack_native.extension import extended_plan, read_source
+    from framepack_native.conditioning import check_keyframe_embeds
+    from framepack_native.extension import read_source
     from framepack_native.image import load_image
-    from framepack_native.presets import get_preset
 
     keyframes = {}
     for text in args.keyframe:
@@ -127,14 +125,27 @@ def check_control(args, sampling, images):
             args.extend_frames = source.frames
             if args.height is not None:
                 source.check_size(args.height, args.width)
-        plan = run_plan(get_preset(args.preset), sampling, args.seconds, args.num_frames, args.window,
-                        last_image="--last-image" in images)
-        plan = extended_plan(plan, source)
-        _, last = plan_keyframes(keyframes, plan, last_image=images.get("--last-image"))
-        if last is not None and "--last-image" not in images:  # the end keyframe: checked as a last image
-            plan = extended_plan(run_plan(get_preset(args.preset), sampling, args.seconds, args.num_frames,
-                                          args.window, last_image=True), source)
-        if args.prompt is not None:
-            plan_prompts(args.prompt, plan, args.blend_sections)
+        check_plan(args.preset, sampling, args.seconds, args.num_frames, args.window, args.prompt,
+                   args.blend_sections, keyframes, images.get("--last-image"), source)
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+def check_plan(preset, sampling, seconds, num_frames, window, prompt=None, blend_sections=0, keyframes=None,
+               last_image=None, source=None):
+    """Check keyframes ({seconds: picture}) and a timestamped prompt against the sections of a run of these
+    arguments (extending `source`, an extension.read_source, when given); ValueError naming the culprit. The CLI and
+    the web app call it before anything runs."""
+    from framepack_native.arguments import run_plan
+    from framepack_native.conditioning import plan_keyframes, plan_prompts
+    from framepack_native.extension import extended_plan
+    from framepack_native.presets import get_preset
+
+    plan = extended_plan(run_plan(get_preset(preset), sampling, seconds, num_frames, window,
+                                  last_image=last_image is not None), source)
+    _, last = plan_keyframes(keyframes or {}, plan, last_image=last_image)
+    if last is not None and last_image is None:  # the end keyframe: checked as a last image
+        plan = extended_plan(run_plan(get_preset(preset), sampling, seconds, num_frames, window, last_image=True),
+                             source)
+    if prompt is not None:
+        plan_prompts(prompt, plan, blend_sections)
