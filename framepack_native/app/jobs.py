@@ -16,7 +16,9 @@ Statuses: queued -> running -> done | stopped (Stop: at the next step; the finis
 failed (the message says why; the finished sections stay) | cancelled (stopped before it started).
 """
 import dataclasses
+import copy
 import json
+import math
 import secrets
 import shutil
 import threading
@@ -88,15 +90,24 @@ def _check_job_fields(job):
         raise ValueError(f"status {job.status!r} is not one of {', '.join(STATUSES)}")
     for name in ("created", "elapsed", "started", "completed"):
         value = getattr(job, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        if (value is not None or name in ("created", "elapsed")) and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
             raise ValueError(f"{name} must be a number, got {value!r}")
+    for name in ("frames", "sections_done", "sections"):
+        value = getattr(job, name)
+        if (value is not None or name != "sections") and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+    if not isinstance(job.message, str) or not isinstance(job.resume, bool):
+        raise ValueError("message must be text and resume true or false")
     if not isinstance(job.inputs, dict) or not isinstance(job.inputs.get("image"), str):
         raise ValueError("inputs must name the start image")
     for name in ("image", "last_image"):
         if job.inputs.get(name) is not None:
             _check_relative(job.inputs[name])
     for item in job.inputs.get("keyframes", []):
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], str)):
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], str)
+                and isinstance(item[0], (int, float)) and not isinstance(item[0], bool) and math.isfinite(item[0])):
             raise ValueError(f"a keyframe must be [seconds, path], got {item!r}")
         _check_relative(item[1])
     if job.output is not None and job.output != f"{job.id}.mp4":
@@ -146,6 +157,8 @@ class JobQueue:
             job.status, job.resume = "queued", True
             job.message = "interrupted by a server stop; resumes after its last finished section"
         self._jobs.sort(key=lambda j: (j not in recovered, j.created))
+        for job in recovered:
+            self._save_job(job)
         if recovered:
             self._save()
 
@@ -170,7 +183,7 @@ class JobQueue:
 
     def _save_job(self, job):
         """ID.json beside the video: every parameter, the pictures, the server's model and what came of the job."""
-        data = {"format": JOB_FORMAT, "version": VERSION, **self.info, **job.to_json()}
+        data = {**self.info, **job.to_json(), "format": JOB_FORMAT, "version": VERSION}
         write_text_atomic(self.folder / f"{job.id}.json", json.dumps(data, indent=1))
 
     # ---- what the page calls ----------------------------------------------------------------------------------
@@ -204,18 +217,18 @@ class JobQueue:
     def jobs(self):
         """Copies of every job, oldest first (a restart's resumed job first)."""
         with self._lock:
-            return [dataclasses.replace(j) for j in self._jobs]
+            return [copy.deepcopy(j) for j in self._jobs]
 
     def get(self, job_id):
         with self._lock:
             for j in self._jobs:
                 if j.id == job_id:
-                    return dataclasses.replace(j)
+                    return copy.deepcopy(j)
         return None
 
     def running(self):
         with self._lock:
-            return next((dataclasses.replace(j) for j in self._jobs if j.status == "running"), None)
+            return next((copy.deepcopy(j) for j in self._jobs if j.status == "running"), None)
 
     def stop(self, job_id=None):
         """Stop the running job (job_id None or its id) at its next step, or cancel a queued one; False if there
@@ -277,7 +290,7 @@ class JobQueue:
                     job.status, job.started, job.message = "running", time.time(), ""
                     self._save_job(job)
                     self._save()
-                    return dataclasses.replace(job)
+                    return copy.deepcopy(job)
                 self._lock.wait()
         return None
 
@@ -289,8 +302,7 @@ class JobQueue:
             t0 = time.monotonic()
             status, message, resume = "done", "", False
             try:
-                frames = self.runner(job, self)
-                message = f"{frames} frames"
+                self.runner(job, self)
             except JobStopped:
                 if self._closing:
                     status, message, resume = "queued", "stopped by a server shutdown; resumes on the next start", True

@@ -124,17 +124,14 @@ def _checked(name, field, value):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{label}: expected a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{label}: must be a finite number, got {value}")
-    if field.kind is int:
-        if value != int(value):
-            raise ValueError(f"{label}: expected a whole number, got {value:g}")
-        value = int(value)
-    else:
-        value = float(value)
-    if not field.low <= value <= field.high:
-        shown = f"{value:g}" if field.kind is float else value
+    if isinstance(value, float) and not math.isfinite(value):  # an int (JSON's 1e400 digits) is finite but may
+        raise ValueError(f"{label}: must be a finite number, got {value}")  # overflow float(): compared as an int
+    if field.kind is int and value != int(value):
+        raise ValueError(f"{label}: expected a whole number, got {value:g}")
+    if not field.low <= value <= field.high:  # before any conversion: a huge int would overflow float()
+        shown = f"{value:g}" if isinstance(value, float) else value
         raise ValueError(f"{label} must be {_range_text(field)}, got {shown}")
+    value = int(value) if field.kind is int else float(value)
     return value
 
 
@@ -151,7 +148,7 @@ def _checked_loras(label, value):
         name, strength = item
         if not name or "/" in name or "\\" in name or name.startswith("."):
             raise ValueError(f"{label}: {name!r} is not a file name in the LoRA folder")
-        if not math.isfinite(strength) or abs(strength) > 100:
+        if (isinstance(strength, float) and not math.isfinite(strength)) or abs(strength) > 100:
             raise ValueError(f"{label}: the strength of {name} must be a finite number in [-100, 100], got {strength}")
         out.append((name, float(strength)))
     if len({name for name, _ in out}) != len(out):

@@ -44,9 +44,20 @@ class Picture(gr.Image):
             return None if payload is None or payload.path is None else str(payload.path)
 
 
+class Slider(gr.Slider):
+    """gr.Slider that hands out-of-range typed values on, so that the job's check names the setting and its range
+    in the page's message (Gradio's own check would show a bare toast)."""
+
+    def get_block_name(self):
+        return "slider"
+
+    def preprocess(self, payload):
+        return payload
+
+
 def _slider(name, value, step, **kw):
     field = FIELDS[name]
-    return gr.Slider(field.low, field.high, value=value, step=step, label=field.label, elem_id=name.replace("_", "-"),
+    return Slider(field.low, field.high, value=value, step=step, label=field.label, elem_id=name.replace("_", "-"),
                      **kw)
 
 
@@ -59,7 +70,8 @@ def _progress_html(job, live, now):
         return f"<div>Job {name}: queued{_resumes(job)}</div>"
     if job.status != "running":
         frames = f"; {job.frames} frames ({job.frames / 30:.2f} s)" if job.frames else ""
-        return f"<div>Job {name}: {job.status}{frames}. {html.escape(job.message)}</div>"
+        said = f" {html.escape(job.message)}" if job.message else ""
+        return f"<div>Job {name}: {job.status}{frames}.{said}</div>"
     phase = live.get("phase", "starting")
     if phase != "sampling":
         return f"<div>Job {name}: {html.escape(phase)}...</div>"

@@ -315,3 +315,19 @@ def _pictures(folder, inputs):
     keys = [(float(t), found(rel)) for t, rel in inputs.get("keyframes", []) if isinstance(t, (int, float))]
     return {"image": found(inputs.get("image")), "last_image": found(inputs.get("last_image")),
             "keyframes": [(t, p) for t, p in keys if p is not None][:KEYFRAME_SLOTS]}
+class Slider(gr.Slider):
+    """gr.Slider that hands out-of-range typed values on, so that the job's check names the setting and its range
+    in the page's message (Gradio's own check would show a bare toast)."""
+
+    def get_block_name(self):
+        return "slider"
+
+    def preprocess(self, payload):
+        return payload
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+    
