@@ -4,7 +4,8 @@ serve --demo` on a free local port, as a person would use it.
 One session, in order: bad input (no image, an unreadable image, a seed out of range; a slider keeps its range) is a
 message in the page and queues nothing; a first job's progress and preview change while it runs and a playable video of the expected length
 appears; a second job is stopped in the middle and keeps a playable partial video while a third, queued behind it,
-runs after it; after a restart of the server the three jobs are listed. The expected lengths come from the official
+runs after it; after a restart of the server the three jobs are listed and their parameters load back into the form
+(from the list, and from a job's JSON file). The expected lengths come from the official
 app's section rule (sections = max(round(seconds * 30 / (4 * window)), 1), 4 * window frames each plus the first).
 FRAMEPACK_SCREENSHOT=PATH keeps the page's screenshot there (the README's picture).
 """
@@ -231,5 +232,16 @@ def test_app_in_browser(browser, tmp_path):
                  "the jobs listed after a restart")
         table = page.locator("#jobs").inner_text()
         assert table.count("done") >= 2 and "stopped" in table
+
+        # a finished job's parameters and picture load back into the form; so does a job's JSON file dropped in
+        page.locator("#job-select input").click()
+        page.get_by_role("option", name=job3["id"]).click()
+        page.click("#load")
+        wait_for(lambda: page.locator("#prompt textarea").input_value() == "a calm sea at night", "job 3's prompt")
+        assert page.locator("#seconds input[type=number]").input_value() == "1"
+        wait_for(lambda: page.locator("#image img").count() > 0, "job 3's start image in the form")
+        page.locator("#params-file input[type=file]").set_input_files(str(outputs / f"{job2['id']}.json"))
+        wait_for(lambda: page.locator("#seconds input[type=number]").input_value() == "4", "job 2's length")
+        assert page.locator("#prompt textarea").input_value() == "waves roll in"
     finally:
         assert server.stop() == 0, server.read_log()
