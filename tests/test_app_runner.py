@@ -102,7 +102,7 @@ class StopAfterFirstSection(JobQueue):
 
 def test_stop_keeps_the_finished_sections(tmp_path, encoded):
     """Stop during the second section: the job is "stopped" and its mp4 holds the first section's frames, as the
-    uninterrupted run had them then; its state stays."""
+    uninterrupted run had them then; its state stays, and Continue finishes it with the uninterrupted frames."""
     image = demo_image()
     queue, job = run_one(tmp_path, PARAMS, image, queue_class=StopAfterFirstSection)
     assert job.status == "stopped" and job.sections_done == 1 and job.sections == 4
@@ -110,6 +110,18 @@ def test_stop_keeps_the_finished_sections(tmp_path, encoded):
     writes = encoded[f"{job.id}.mp4"]
     assert len(writes) == 1 and np.array_equal(writes[0], sections[0]) and job.frames == sections[0].shape[0]
     assert (tmp_path / f"{job.id}.mp4.state" / "state.json").is_file()
+
+    # Continue: queued again, it runs the 3 missing sections and ends with the uninterrupted run's frames
+    again = JobQueue(tmp_path, Runner(AppModel()))
+    assert not again.resume("no-such-job") and again.resume(job.id) and not again.resume(job.id)
+    again.start()
+    try:
+        done = wait_status(again, job.id, ("done", "failed"))
+    finally:
+        again.close()
+    final, _ = reference(PARAMS, image)
+    assert done.status == "done" and np.array_equal(encoded[f"{job.id}.mp4"][-1], final), done.message
+    assert not again.resume(job.id) and not (tmp_path / f"{job.id}.mp4.state").exists()
 
 
 class ServerStopsAfterTwoSections(JobQueue):

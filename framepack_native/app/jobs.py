@@ -13,7 +13,8 @@ The outputs folder holds
 Every file goes through a temporary name, so nothing half-written is ever there under its own name.
 
 Statuses: queued -> running -> done | stopped (Stop: at the next step; the finished sections stay in ID.mp4) |
-failed (the message says why; the finished sections stay) | cancelled (stopped before it started).
+failed (the message says why; the finished sections stay) | cancelled (stopped before it started). A stopped or failed
+job keeps its run state: `resume(id)` queues it again to continue after its last finished section.
 """
 import dataclasses
 import copy
@@ -244,6 +245,24 @@ class JobQueue:
                         self._save()
                     return True
         return False
+
+    def resume(self, job_id):
+        """Queue a stopped or failed job again to continue after its last finished section (its run state is kept
+        until the job is done); False for another job or status, or when it left no state."""
+        with self._lock:
+            j = next((j for j in self._jobs if j.id == job_id), None)
+            if j is None or j.status not in ("stopped", "failed"):
+                return False
+            if not (self.folder / f"{j.id}.mp4.state" / "state.json").is_file():
+                return False
+            j.status, j.resume, j.completed = "queued", True, None
+            j.message = "continues after its last finished section"
+            self._jobs.remove(j)
+            self._jobs.append(j)  # behind the jobs already waiting
+            self._save_job(j)
+            self._save()
+            self._lock.notify_all()
+            return True
 
     # ---- what the runner calls ----------------------------------------------------------------------------------
     def should_stop(self, job):

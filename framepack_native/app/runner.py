@@ -181,6 +181,10 @@ class Runner:
                          generator=torch.Generator().manual_seed(p.seed), output_type="uint8", callback=callback,
                          state_dir=state, resume=job.resume and (state / "state.json").is_file(),
                          **p.pipeline_kwargs())
+        except torch.cuda.OutOfMemoryError as e:
+            remedies = ([] if p.vae_tiling else ["tick VAE tiling"]) + (
+                [] if self.model.offload else ["restart the server with --offload"])
+            raise RuntimeError("out of GPU memory" + (f": {' or '.join(remedies)}" if remedies else "")) from e
         finally:
             if p.loras:
                 pipe.unload_lora()

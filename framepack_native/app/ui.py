@@ -168,6 +168,7 @@ def build_app(queue, model):
                     show = gr.Button("Show", elem_id="show")
                     load = gr.Button("Load its parameters", elem_id="load")
                     cancel = gr.Button("Cancel if queued", elem_id="cancel")
+                    resume = gr.Button("Continue if stopped", elem_id="continue")
                 params_file = gr.File(label="Load parameters from a job's JSON", file_types=[".json"],
                                       type="filepath", elem_id="params-file")
 
@@ -255,6 +256,13 @@ def build_app(queue, model):
             return f"Cancelled job {job.id}."
 
         cancel.click(cancel_job, picked, message)
+
+        def continue_job(picked_id):
+            if picked_id and queue.resume(picked_id):
+                return f"Job {picked_id} continues after its last finished section."
+            return "Pick a stopped or failed job that finished a section to continue it."
+
+        resume.click(continue_job, picked, message)
         outputs = [message, image, last, *key_pictures, *key_times, lora_names, lora_strengths, *fields]
 
         def load_from(data, where):
