@@ -3,6 +3,7 @@
     python benchmarks/attention.py                           # CUDA, bf16, B=1, 24 heads x 128, 4k-30k tokens
     python benchmarks/attention.py --lengths 4096 --dtype fp16 --head-dim 64
     python benchmarks/attention.py --device cpu --lengths 1024   # no Triton on the CPU: dispatcher vs plain SDPA
+    python benchmarks/attention.py --write-table                 # CUDA: this device's row of kernels/dispatch.py
 
 Alternating calls, median of --runs samples (each the mean of --inner calls). TFLOP/s = 4 B N Lq Lk Dh / t.
 The last --pad keys are padding (batched text): "+lens" passes their valid lengths (kv_lens, the transformer's
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import kernels  # noqa: E402
+import kernels.dispatch  # noqa: E402
 from benchmarks.common import DTYPES, kernel_parser, median_times, print_header  # noqa: E402
 
 def sdpa(backend, q, k, v, mask=None):
@@ -45,6 +47,9 @@ def candidates(q, k, v, mask, device):
         f"ours ({ours}) +lens": lambda: kernels.attention(q, k, v, kv_lens=lens, backend=ours),
         f"ours ({ours}) +mask": lambda: kernels.attention(q, k, v, kv_mask=mask, backend=ours),
     }
+    if device.type == "cuda":  # what the dispatcher picks from the table (kernels/dispatch.py)
+        picked = kernels.dispatch.attention_backend_for(q, k, v)
+        fns[f"ours (auto: {picked})"] = lambda: kernels.attention(q, k, v)
     backends = ("flash", "cudnn", "efficient") if device.type == "cuda" else (None,)
     for backend in backends:
         name = f"sdpa {backend or 'default'}"
@@ -90,13 +95,45 @@ def bench(lengths, heads=24, head_dim=128, batch=1, dtype=torch.bfloat16, device
     return rows
 
 
+def table_entries(rows, device, dtype, head_dim):
+    """kernels/dispatch.py's table entries from bench()'s rows: our Triton kernel and SDPA's cuDNN, unmasked."""
+    import datetime
+    by = {(r["L"], r["impl"]): r["ms"] for r in rows}
+    entries = []
+    for L in sorted({r["L"] for r in rows}):
+        if (L, "ours (triton)") in by and (L, "sdpa cudnn") in by:
+            entries.append({"device": device, "dtype": str(dtype).removeprefix("torch."), "head_dim": head_dim,
+                            "tokens": L, "triton_ms": by[L, "ours (triton)"], "cudnn_ms": by[L, "sdpa cudnn"],
+                            "torch": torch.__version__, "date": datetime.date.today().isoformat()})
+    return entries
+
+
+def write_table(path, entries):
+    """Merge `entries` into the table at `path` (replacing those of the same device, dtype, head dim, length)."""
+    import json
+
+    from framepack_native.files import write_text_atomic
+    from kernels import dispatch
+    key = ("device", "dtype", "head_dim", "tokens")
+    old = dispatch.load_table(path) if Path(path).exists() else []
+    new = {tuple(e[k] for k in key): e for e in old + entries}
+    write_text_atomic(path, json.dumps({"format": dispatch.TABLE_FORMAT, "entries": list(new.values())}, indent=1))
+
+
 def main():
     p = kernel_parser(__doc__.splitlines()[0], inner=3)
     p.add_argument("--pad", type=int, default=200, help="padded (masked) keys at the end of each row")
+    p.add_argument("--write-table", metavar="FILE", nargs="?", const=str(kernels.dispatch.TABLE_FILE),
+                   help="merge the Triton / cuDNN times into the dispatcher's table (default kernels/"
+                        "attention_table.json)")
     args = p.parse_args()
     print_header(args)
-    bench(args.lengths, args.heads, args.head_dim, args.batch, DTYPES[args.dtype], args.device, args.pad,
-          args.runs, args.inner)
+    rows = bench(args.lengths, args.heads, args.head_dim, args.batch, DTYPES[args.dtype], args.device, args.pad,
+                 args.runs, args.inner)
+    if args.write_table:
+        entries = table_entries(rows, torch.cuda.get_device_name(args.device), DTYPES[args.dtype], args.head_dim)
+        write_table(args.write_table, entries)
+        print(f"wrote {len(entries)} entries to {args.write_table}")
 
 
 if __name__ == "__main__":

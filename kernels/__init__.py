@@ -6,13 +6,15 @@ for CUDA tensors when triton imports and the kernel covers the inputs (and torch
 torch otherwise; the environment variable FRAMEPACK_KERNELS=torch makes "auto" mean torch. A forced "triton"
 that cannot run raises.
 The Triton kernels are forward-only: "auto" takes torch when autograd needs the graph.
+Attention under "auto" on CUDA may take SDPA's cuDNN backend instead of our kernel, where this device's measured table
+says it is faster for an unmasked call of that length (kernels.dispatch; dispatch.attention_backend_for tells).
 """
 import importlib
 import os
 
 import torch
 
-from kernels import reference
+from kernels import dispatch, reference
 
 BACKENDS = ("auto", "torch", "triton")
 ENV_VAR = "FRAMEPACK_KERNELS"
@@ -107,6 +109,26 @@ def attention(q, k, v, *, kv_mask=None, kv_lens=None, scale=None, backend="auto"
             raise ValueError(f"kv_lens must be int32/int64 (B,) = ({B},); got {kv_lens.dtype} {tuple(kv_lens.shape)}")
     _check_same("q", {"k": k, "v": v, "kv_mask": kv_mask, "kv_lens": kv_lens}, q)
 
+    chosen = _attention_backend(q, k, v, kv_mask, kv_lens, scale, backend)
+    if chosen == "triton":
+        scale_ = Dh**-0.5 if scale is None else float(scale)
+        return _entry("triton_attention", "attention_fwd")(q, k, v, kv_mask, kv_lens, scale_)
+    if chosen == "cudnn":
+        from torch.nn.attention import SDPBackend
+        return sdpa_attention(q, k, v, scale, SDPBackend.CUDNN_ATTENTION)
+    if kv_lens is not None:
+        kv_mask = torch.arange(k.shape[1], device=k.device)[None, :] < kv_lens[:, None]  # (B, Lk)
+    out = reference.attention(q, k, v, kv_mask=kv_mask, scale=scale)
+    if kv_mask is not None:
+        # Rows with no key: 0, whatever SDPA backend ran (some have returned NaN there).
+        out = out.masked_fill(~kv_mask.any(dim=1)[:, None, None, None], 0.0)
+    return out
+
+
+def _attention_backend(q, k, v, kv_mask, kv_lens, scale, backend, table=None):
+    """"triton", "cudnn" or "torch" for an attention call (kernels.dispatch.attention_backend_for says it)."""
+    Dh = q.shape[-1]
+
     def unsupported(module):
         if q.dtype not in module.DTYPES:
             return f"attention kernel takes {module.DTYPES}, got {q.dtype}"
@@ -116,16 +138,23 @@ def attention(q, k, v, *, kv_mask=None, kv_lens=None, scale=None, backend="auto"
             return f"attention kernel needs a positive scale, got {scale}"
         return None
 
-    if _use_triton(backend, "triton_attention", (q, k, v), unsupported):
-        scale_ = Dh**-0.5 if scale is None else float(scale)
-        return _entry("triton_attention", "attention_fwd")(q, k, v, kv_mask, kv_lens, scale_)
-    if kv_lens is not None:
-        kv_mask = torch.arange(k.shape[1], device=k.device)[None, :] < kv_lens[:, None]  # (B, Lk)
-    out = reference.attention(q, k, v, kv_mask=kv_mask, scale=scale)
-    if kv_mask is not None:
-        # Rows with no key: 0, whatever SDPA backend ran (some have returned NaN there).
-        out = out.masked_fill(~kv_mask.any(dim=1)[:, None, None, None], 0.0)
-    return out
+    if not _use_triton(backend, "triton_attention", (q, k, v), unsupported):
+        return "torch"
+    if backend != "auto":
+        return "triton"
+    entries = dispatch.load_table() if table is None else table
+    return dispatch.choose_backend(dispatch.device_name(q.device), dispatch.dtype_name(q.dtype), Dh,
+                                   k.shape[1], kv_mask is not None or kv_lens is not None, entries)
+
+
+def sdpa_attention(q, k, v, scale, sdp_backend):
+    """SDPA restricted to one backend (torch.nn.attention.SDPBackend) on (B, N, L, Dh) views of (B, L, N, Dh)
+    tensors, unmasked; returns (B, Lq, N, Dh)."""
+    from torch.nn.attention import sdpa_kernel
+    with sdpa_kernel(sdp_backend):
+        out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                                               v.transpose(1, 2), scale=scale)
+    return out.transpose(1, 2)
 
 
 def _check_rope(x, cos, sin, n_rope):
