@@ -98,6 +98,71 @@ def _swap_in(copies, device):
     return hook
 
 
+def _tensors(module):
+    return list(module.parameters()) + list(module.buffers())
+
+
+class SideStreamCopies:
+    """Host-to-device copies on a side CUDA stream, each with an event: `copy(hosts)` enqueues them (returns a
+    handle), `ready(handle)` makes the compute (current) stream wait for that event and returns the device tensors,
+    marked as used by the compute stream so that the allocator does not reuse their memory while it still reads."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.stream = torch.cuda.Stream(self.device)
+
+    def copy(self, hosts):
+        with torch.cuda.stream(self.stream):
+            devs = [h.to(self.device, non_blocking=True) for h in hosts]
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        return devs, event
+
+    def ready(self, handle):
+        devs, event = handle
+        compute = torch.cuda.current_stream(self.device)
+        compute.wait_event(event)
+        for d in devs:
+            d.record_stream(compute)
+        return devs
+
+
+class Prefetcher:
+    """Forward hooks that stream `blocks` (in their forward order) with the next block's copy in flight while the
+    current one computes: block i's pre-hook takes its copy (the one prefetched, else a new one), then starts block
+    i + 1's (after the last: block 0's, the next call's first); its post-hook drops the device copy. At most
+    MAX_PENDING copies wait at once besides the running block (a block run twice, TeaCache's probe of block 0, or a
+    skipped step leave a prefetched copy waiting for its turn). `copier`: SideStreamCopies on CUDA; anything with
+    copy(hosts) -> handle and ready(handle) -> tensors (the tests record the order)."""
+    MAX_PENDING = 2
+
+    def __init__(self, blocks, copies, copier):
+        self.blocks, self.copies, self.copier = blocks, copies, copier
+        self.index = {id(b): i for i, b in enumerate(blocks)}
+        self.pending = {}  # block index -> copier handle, oldest first
+
+    def _start(self, i):
+        if i not in self.pending:
+            self.pending[i] = self.copier.copy([self.copies[t] for t in _tensors(self.blocks[i])])
+            while len(self.pending) > self.MAX_PENDING:
+                self.pending.pop(next(iter(self.pending)))
+
+    def pre_hook(self, module, args):
+        i = self.index[id(module)]
+        self._start(i)
+        devs = self.copier.ready(self.pending.pop(i))
+        for t, d in zip(_tensors(module), devs):
+            t.data = d
+        self._start((i + 1) % len(self.blocks))
+
+    def post_hook(self, module, args, out):
+        for t in _tensors(module):
+            t.data = self.copies[t]
+
+    def close(self):
+        self.pending.clear()
+
+
 def _swap_out(copies):
     def hook(module, args, out):
         for t in list(module.parameters()) + list(module.buffers()):
@@ -121,26 +186,39 @@ def on_device(module, device, offload):
 
 
 @contextlib.contextmanager
-def streamed_blocks(model, device, block_lists=BLOCK_LISTS):
+def streamed_blocks(model, device, block_lists=BLOCK_LISTS, prefetch=None):
     """Inside the block, `model` runs on `device` with only one block of its `block_lists` (names of its
-    nn.ModuleList children) there at a time; its other children stay on `device` for the duration. On exit,
-    also after an error anywhere (a failed move, a block that raised), every block is back on its host copy,
-    the hooks are gone and the other children are back on the CPU."""
+    nn.ModuleList children) there at a time, plus the next one's copy in flight (prefetch); its other children stay
+    on `device` for the duration. On exit, also after an error anywhere (a failed move, a block that raised), every
+    block is back on its host copy, the hooks are gone and the other children are back on the CPU.
+    prefetch: None (on CUDA: a Prefetcher on a side stream, so the copy of block i + 1 runs while block i computes;
+    elsewhere the copy just before each block runs), False (copy each block on the compute stream just before it
+    runs), or a copier for Prefetcher (see there)."""
     blocks = [b for name in block_lists for b in getattr(model, name)]
     rest = [m for name, m in model.named_children() if name not in block_lists]
-    handles, copies = [], None
+    handles, copies, prefetcher = [], None, None
     try:
         copies = _host_copies(model, blocks)
+        if prefetch is None and torch.device(device).type == "cuda":
+            prefetch = SideStreamCopies(device)
+        if prefetch:
+            prefetcher = Prefetcher(blocks, copies, prefetch)
         for block in blocks:
             _swap_out(copies)(block, None, None)
-            handles.append(block.register_forward_pre_hook(_swap_in(copies, device)))
-            handles.append(block.register_forward_hook(_swap_out(copies)))
+            if prefetcher is None:
+                handles.append(block.register_forward_pre_hook(_swap_in(copies, device)))
+                handles.append(block.register_forward_hook(_swap_out(copies)))
+            else:
+                handles.append(block.register_forward_pre_hook(prefetcher.pre_hook))
+                handles.append(block.register_forward_hook(prefetcher.post_hook))
         for m in rest:
             m.to(device)
         yield model
     finally:
         for h in handles:
             h.remove()
+        if prefetcher is not None:
+            prefetcher.close()  # copies in flight: dropped (the allocator frees them once their stream is done)
         if copies is not None:
             for block in blocks:  # a block whose forward raised never ran its swap-out hook
                 _swap_out(copies)(block, None, None)
