@@ -74,13 +74,13 @@ def serve_command(args):
           "weights (no download); its videos show the app working, not a meaningful result.", file=sys.stderr)
     runner.load()  # a model that does not load fails here, with one line, before the page is served
     app = build_app(queue, model)
-    queue.start()
     from framepack_native.interrupts import stops_raise
     try:
         with stops_raise():
             app.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(Path(args.outputs).resolve())],
                        prevent_thread_lock=True, quiet=False, css=CSS, show_error=False, footer_links=[],
                        ssr_mode=False, max_file_size="64mb")
+            queue.start()  # once the page is up: a port in use stops the server before any job runs
             print(f"serving on http://{args.host}:{args.port} (outputs in {args.outputs}); Ctrl-C stops", flush=True)
             while True:
                 time.sleep(0.5)

@@ -3,7 +3,6 @@ call with the same arguments (every section's mp4 too); Stop keeps the finished 
 uninterrupted run had at that section; a job the server stopped under resumes on the next start with the frames of a
 run never stopped; a LoRA is applied to its job only and removed after it bit for bit; bad jobs are refused before
 anything is written. The frames compared are those handed to the encoder (libx264 need not give identical bytes)."""
-import threading
 import time
 
 import numpy as np
@@ -127,8 +126,10 @@ def test_stop_keeps_the_finished_sections(tmp_path, encoded):
 class ServerStopsAfterTwoSections(JobQueue):
     def section_written(self, job, frames, done, sections):
         super().section_written(job, frames, done, sections)
-        if done == 2:
-            threading.Thread(target=self.close).start()  # as Ctrl-C on the server: the worker stops at its next step
+        if done == 2:  # as Ctrl-C on the server: the worker stops at its next step
+            with self._lock:
+                self._closing = True
+                self._stop.set()
 
 
 def test_restart_resumes_with_the_uninterrupted_frames(tmp_path, encoded):
@@ -139,6 +140,7 @@ def test_restart_resumes_with_the_uninterrupted_frames(tmp_path, encoded):
     queue.start()
     job = queue.submit(PARAMS, image)
     queue._thread.join(300)
+    queue.release()
     job = queue.get(job.id)
     assert job.status == "queued" and job.resume and job.sections_done == 2
     again = JobQueue(tmp_path, Runner(AppModel()))

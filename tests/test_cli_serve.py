@@ -40,7 +40,17 @@ def test_damaged_queue_is_named(tmp_path, capsys):
     (tmp_path / "queue.json").write_text('{"format": "framepack_native.queue", "version": 1, "jobs": [{"id": 3}]}')
     line = refused(capsys, ["serve", "--demo", "--device", "cpu", "--outputs", str(tmp_path)])
     assert "queue.json" in line and "job 0" in line
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["queue.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "queue.json"]  # the folder's lock, empty
+
+
+def test_a_second_server_on_the_same_outputs_is_refused(tmp_path, capsys):
+    from framepack_native.app.jobs import JobQueue
+    first = JobQueue(tmp_path, runner=None)
+    try:
+        line = refused(capsys, ["serve", "--demo", "--device", "cpu", "--outputs", str(tmp_path)])
+        assert "another framepack-native serve uses this outputs folder" in line
+    finally:
+        first.release()
 
 
 def test_missing_gradio_says_how_to_install(tmp_path, capsys, monkeypatch):

@@ -18,10 +18,12 @@ job keeps its run state: `resume(id)` queues it again to continue after its last
 """
 import dataclasses
 import copy
+import fcntl
 import json
 import math
 import secrets
 import shutil
+import sys
 import threading
 import time
 import traceback
@@ -32,6 +34,7 @@ from framepack_native.app.params import JobParams
 from framepack_native.files import atomic_path, read_json, write_text_atomic
 
 QUEUE_FILE = "queue.json"
+LOCK_FILE = ".lock"          # held (flock) by the one server using the folder
 QUEUE_FORMAT = "framepack_native.queue"
 JOB_FORMAT = "framepack_native.job"
 VERSION = 1
@@ -152,12 +155,23 @@ class JobQueue:
         self._closing = False
         self._thread = None
         self.live = {}  # job id -> {"section", "sections", "step", "steps", "preview", "version"}: not persisted
-        self._jobs = self._load()
+        self._lockfile = open(self.folder / LOCK_FILE, "a")
+        try:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lockfile.close()
+            raise ValueError(f"{self.folder}: another framepack-native serve uses this outputs folder "
+                             "(one server per folder: its jobs would run twice)") from None
+        try:
+            self._jobs = self._load()
+        except BaseException:
+            self.release()
+            raise
         recovered = [j for j in self._jobs if j.status == "running"]
         for job in recovered:
             job.status, job.resume = "queued", True
             job.message = "interrupted by a server stop; resumes after its last finished section"
-        self._jobs.sort(key=lambda j: (j not in recovered, j.created))
+        self._jobs.sort(key=lambda j: j not in recovered)  # stable: otherwise the order queue.json holds
         for job in recovered:
             self._save_job(job)
         if recovered:
@@ -181,6 +195,15 @@ class JobQueue:
     def _save(self):
         data = {"format": QUEUE_FORMAT, "version": VERSION, "jobs": [j.to_json() for j in self._jobs]}
         write_text_atomic(self.folder / QUEUE_FILE, json.dumps(data, indent=1))
+
+    def _persist(self, job):
+        """ID.json and queue.json after a change the worker made; a write that fails (a full disk) is reported on
+        stderr and retried at the next change: the worker goes on, the state in memory stays right."""
+        try:
+            self._save_job(job)
+            self._save()
+        except OSError as e:
+            print(f"warning: could not write the job queue in {self.folder}: {e}", file=sys.stderr, flush=True)
 
     def _save_job(self, job):
         """ID.json beside the video: every parameter, the pictures, the server's model and what came of the job."""
@@ -213,7 +236,7 @@ class JobQueue:
             self._jobs.append(job)
             self._save()
             self._lock.notify_all()
-        return job
+            return copy.deepcopy(job)
 
     def jobs(self):
         """Copies of every job, oldest first (a restart's resumed job first)."""
@@ -231,6 +254,11 @@ class JobQueue:
         with self._lock:
             return next((copy.deepcopy(j) for j in self._jobs if j.status == "running"), None)
 
+    def live_state(self, job_id):
+        """A copy of what the running job reported last (phase, section, step, preview, version), or {}."""
+        with self._lock:
+            return dict(self.live.get(job_id, {}))
+
     def stop(self, job_id=None):
         """Stop the running job (job_id None or its id) at its next step, or cancel a queued one; False if there
         was nothing to stop."""
@@ -239,10 +267,13 @@ class JobQueue:
                 if (job_id is None and j.status == "running") or (job_id == j.id and j.status in ("running", "queued")):
                     if j.status == "running":
                         self._stop.set()
+                    elif j.resume:  # a job that was to continue: back to stopped, its sections and state kept
+                        j.status, j.resume, j.completed = "stopped", False, time.time()
+                        j.message = "stopped before it continued; its finished sections stay"
+                        self._persist(j)
                     else:
                         j.status, j.completed, j.message = "cancelled", time.time(), "cancelled before it started"
-                        self._save_job(j)
-                        self._save()
+                        self._persist(j)
                     return True
         return False
 
@@ -291,14 +322,24 @@ class JobQueue:
         self._thread.start()
 
     def close(self, timeout=60.0):
-        """Stop the running job at its next step (it is queued again, resuming on the next start) and end the
-        worker."""
+        """Stop the running job at its next step (it is queued again, resuming on the next start), end the worker
+        and let another server use the folder."""
         with self._lock:
             self._closing = True
             self._stop.set()
             self._lock.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.release()
+
+    def release(self):
+        if not self._lockfile.closed:
+            self._lockfile.close()  # the flock goes with the file
+
+    def __del__(self):
+        lockfile = getattr(self, "_lockfile", None)
+        if lockfile is not None and not lockfile.closed:
+            lockfile.close()
 
     def _next(self):
         with self._lock:
@@ -307,8 +348,7 @@ class JobQueue:
                 if job is not None:
                     self._stop.clear()
                     job.status, job.started, job.message = "running", time.time(), ""
-                    self._save_job(job)
-                    self._save()
+                    self._persist(job)
                     return copy.deepcopy(job)
                 self._lock.wait()
         return None
@@ -338,9 +378,17 @@ class JobQueue:
                 j.status, j.resume = status, resume
                 if status != "queued":
                     j.completed = time.time()
+                else:  # stopped under a server shutdown: first in line on the next start
+                    self._jobs.remove(j)
+                    self._jobs.insert(0, j)
                 kept = f"; {j.frames} frames of {j.sections_done} finished section(s) kept" if (
                     status in ("stopped", "failed") and j.frames) else ""
                 j.message = message + kept
-                self._save_job(j)
-                self._save()
+                self._persist(j)
                 self.live.pop(job.id, None)
+            finished = getattr(self.runner, "finished", None)
+            if status == "done" and finished is not None:
+                try:  # after "done" is on disk: a crash before it leaves a state to resume, not a lost video
+                    finished(j, self)
+                except OSError as e:
+                    print(f"warning: {e}", file=sys.stderr, flush=True)

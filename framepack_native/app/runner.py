@@ -138,7 +138,6 @@ class Runner:
         import torch
 
         from framepack_native.image import load_image
-        from framepack_native.run_state import RunState
         from framepack_native.video import write_mp4
 
         if queue.should_stop(job):
@@ -185,11 +184,23 @@ class Runner:
             remedies = ([] if p.vae_tiling else ["tick VAE tiling"]) + (
                 [] if self.model.offload else ["restart the server with --offload"])
             raise RuntimeError("out of GPU memory" + (f": {' or '.join(remedies)}" if remedies else "")) from e
+        except MemoryError as e:
+            raise RuntimeError("out of host memory (RAM): close other programs or make a shorter video") from e
+        except RuntimeError as e:
+            from framepack_native.cli import _out_of_memory
+            if _out_of_memory(e):
+                raise RuntimeError("out of host memory (RAM): close other programs or make a shorter video") from e
+            raise
         finally:
             if p.loras:
                 pipe.unload_lora()
         if written != [video.shape[1]]:  # a resumed job that was already complete
             write_mp4(out, video[0], fps=FPS, crf=p.crf)
-            queue.section_written(job, video.shape[1], job.sections or 0, job.sections or 0)
-        RunState(state, {}, 0).remove()  # the video is complete: its state is not needed any more
+            known = queue.get(job.id)
+            queue.section_written(job, video.shape[1], known.sections or 0, known.sections or 0)
         return video.shape[1]
+
+    def finished(self, job, queue):
+        """After the queue recorded the job done: its run state is not needed any more (only its own files go)."""
+        from framepack_native.run_state import RunState
+        RunState(queue.folder / f"{job.id}.mp4.state", {}, 0).remove()

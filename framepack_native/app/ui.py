@@ -20,7 +20,7 @@ from framepack_native.app.runner import check_job
 
 POLL_SECONDS = 0.5
 KEYFRAME_SLOTS = 2
-TABLE_HEADERS = ["job", "status", "prompt", "seconds", "frames", "elapsed", "created"]
+TABLE_HEADERS = ["job", "status", "prompt", "seconds", "frames", "elapsed", "created", "message"]
 PREVIEW_MIN_HEIGHT = 160  # a small model's preview (8 latent rows) is enlarged by whole factors to be seen
 CSS = """
 #progress .bar {height: 10px; background: #e5e7eb; border-radius: 5px; overflow: hidden; margin: 4px 0 8px 0}
@@ -30,29 +30,28 @@ CSS = """
 assert KEYFRAME_SLOTS <= MAX_KEYFRAMES
 
 
-class Picture(gr.Image):
+def Picture(**kw):
     """gr.Image whose upload is handed on even when Pillow cannot open it, so that the app's own check names the
-    file in the page (Gradio's would fail with a bare "Error")."""
+    file in the page (Gradio's would fail with a bare "Error"). Patched per instance: a subclass would make Gradio
+    write a .pyi stub beside this file."""
+    image = gr.Image(**kw)
+    strict = image.preprocess
 
-    def get_block_name(self):
-        return "image"
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         try:
-            return super().preprocess(payload)
+            return strict(payload)
         except Exception:  # noqa: BLE001 - any decoder error: our check reads the file and says what is wrong
             return None if payload is None or payload.path is None else str(payload.path)
+    image.preprocess = preprocess
+    return image
 
 
-class Slider(gr.Slider):
-    """gr.Slider that hands out-of-range typed values on, so that the job's check names the setting and its range
-    in the page's message (Gradio's own check would show a bare toast)."""
-
-    def get_block_name(self):
-        return "slider"
-
-    def preprocess(self, payload):
-        return payload
+def Slider(*args, **kw):
+    """gr.Slider that hands out-of-range values (an API call; the page's own slider keeps its range) on, so that the
+    job's check names the setting and its range in the page's message, not Gradio's bare toast."""
+    slider = gr.Slider(*args, **kw)
+    slider.preprocess = lambda payload: payload
+    return slider
 
 
 def _slider(name, value, step, **kw):
@@ -92,7 +91,7 @@ def _table(jobs):
         elapsed = f"{j.elapsed:.1f} s" if j.elapsed else ""
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created))
         prompt = j.params.prompt if len(j.params.prompt) <= 60 else j.params.prompt[:57] + "..."
-        rows.append([j.id, j.status, prompt, f"{j.params.seconds:g}", j.frames, elapsed, created])
+        rows.append([j.id, j.status, prompt, f"{j.params.seconds:g}", j.frames, elapsed, created, j.message])
     return rows
 
 
@@ -101,7 +100,8 @@ def build_app(queue, model):
     d = model.defaults()
     inverted = model.sampling_type() == "inverted_anti_drifting"
     loras = model.lora_files()
-    with gr.Blocks(title="FramePack (framepack_native)", analytics_enabled=False) as app:
+    # delete_cache: Gradio copies each version of a growing video into its cache; drop copies over an hour old
+    with gr.Blocks(title="FramePack (framepack_native)", analytics_enabled=False, delete_cache=(600, 3600)) as app:
         gr.Markdown("## FramePack image-to-video" + (" (demo: a tiny model with random weights; the video is "
                                                       "not meaningful)" if model.demo else ""))
         watching = gr.State("")    # the job the right side shows: "" follows the running (else the newest) one
@@ -161,7 +161,7 @@ def build_app(queue, model):
                 gr.Markdown(f"Outputs: `{html.escape(str(queue.folder))}` (each video with its parameters as JSON)")
                 jobs = gr.Dataframe(headers=TABLE_HEADERS, value=_table(queue.jobs()), interactive=False,
                                     elem_id="jobs", wrap=True,
-                                    column_widths=["24%", "10%", "30%", "8%", "8%", "8%", "12%"])
+                                    column_widths=["17%", "8%", "22%", "7%", "7%", "8%", "11%", "20%"])
                 with gr.Row():
                     picked = gr.Dropdown([j.id for j in reversed(queue.jobs())], value=None, label="Job",
                                          elem_id="job-select", allow_custom_value=False)
@@ -197,8 +197,9 @@ def build_app(queue, model):
                         keys.append((float(t), pic))
                 image_, last_, keys_ = check_job(model, params, picture, end if inverted else None, keys)
                 job = queue.submit(params, image_, last_, keys_)
-            except ValueError as e:
-                return f"**Not started:** {html.escape(str(e).splitlines()[0])}", gr.skip(), gr.skip()
+            except (ValueError, OSError) as e:  # OSError: the outputs folder refused the job's files (a full disk)
+                said = str(e).splitlines()[0] if str(e) else type(e).__name__
+                return f"**Not started:** {html.escape(said)}", gr.skip(), gr.skip()
             ahead = sum(j.status in ("queued", "running") for j in queue.jobs()) - 1
             said = f"Queued job {job.id}" + (f" behind {ahead} other(s)" if ahead else "") + "."
             return said, params.seed, ""
@@ -220,7 +221,7 @@ def build_app(queue, model):
             job = next((j for j in all_jobs if j.id == watch), None) if watch else None
             if job is None:
                 job = next((j for j in all_jobs if j.status == "running"), all_jobs[-1] if all_jobs else None)
-            live = dict(queue.live.get(job.id, {})) if job is not None else {}
+            live = queue.live_state(job.id) if job is not None else {}
             shown = dict(shown or {})
             key = job.id if job else ""
             out_preview = gr.skip()
@@ -263,7 +264,7 @@ def build_app(queue, model):
             return "Pick a stopped or failed job that finished a section to continue it."
 
         resume.click(continue_job, picked, message)
-        outputs = [message, image, last, *key_pictures, *key_times, lora_names, lora_strengths, *fields]
+        outputs = [message, image, last, *key_pictures, *key_times, lora_names, lora_strengths, randomize, *fields]
 
         def load_from(data, where):
             try:
@@ -273,10 +274,13 @@ def build_app(queue, model):
                     len(outputs) - 1)
             pictures = _pictures(queue.folder, data.get("inputs"))
             keys = pictures["keyframes"] + [(None, None)] * KEYFRAME_SLOTS
-            strengths = ", ".join(f"{s:g}" for _, s in params.loras)
-            return ([f"Loaded the parameters of {html.escape(where)}.", pictures["image"], pictures["last_image"]]
+            kept = [(n, s) for n, s in params.loras if n in loras]
+            missing = [n for n, _ in params.loras if n not in loras]
+            said = f"Loaded the parameters of {html.escape(where)}." + (
+                f" Not in the LoRA folder, left out: {html.escape(', '.join(missing))}." if missing else "")
+            return ([said, pictures["image"], pictures["last_image"]]
                     + [p for _, p in keys[:KEYFRAME_SLOTS]] + [t for t, _ in keys[:KEYFRAME_SLOTS]]
-                    + [gr.update(value=[n for n, _ in params.loras if n in loras]), strengths]
+                    + [gr.update(value=[n for n, _ in kept]), ", ".join(f"{s:g}" for _, s in kept), False]
                     + [getattr(params, n) for n in names])
 
         def load_job(picked_id):
@@ -291,7 +295,7 @@ def build_app(queue, model):
             try:
                 text = Path(path).read_text(encoding="utf-8")
                 data = json.loads(text)
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError too
                 return [f"**Cannot load {html.escape(Path(path).name)}:** not a job's JSON ({html.escape(str(e))})"
                         ] + [gr.skip()] * (len(outputs) - 1)
             return load_from(data, Path(path).name)
@@ -336,6 +340,6 @@ def _pictures(folder, inputs):
 
     items = inputs.get("keyframes") if isinstance(inputs.get("keyframes"), list) else []
     keys = [(float(item[0]), found(item[1])) for item in items if isinstance(item, list) and len(item) == 2
-            and isinstance(item[0], (int, float)) and not isinstance(item[0], bool)]
+            and isinstance(item[0], (int, float)) and not isinstance(item[0], bool) and abs(item[0]) < 1e6]
     return {"image": found(inputs.get("image")), "last_image": found(inputs.get("last_image")),
             "keyframes": [(t, p) for t, p in keys if p is not None][:KEYFRAME_SLOTS]}
