@@ -51,9 +51,9 @@ class Server:
         self.port = _free_port()
         env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp / "gradio"), GRADIO_ANALYTICS_ENABLED="False")
         self.log = open(tmp / f"serve-{self.port}.log", "w")
+        command = ["serve", "--demo", "--device", "cpu", "--port", str(self.port), "--outputs", str(outputs)]
         self.proc = subprocess.Popen([sys.executable, "-c", "import sys; from framepack_native.cli import main; "
-                                      "sys.exit(main())", "serve", "--demo", "--device", "cpu", "--port", str(self.port), "--outputs",
-                                      str(outputs)], stdout=self.log, stderr=subprocess.STDOUT, env=env)
+                                      "sys.exit(main())", *command], stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.url = f"http://127.0.0.1:{self.port}/"
         deadline = time.monotonic() + TIMEOUT
         while True:

@@ -364,6 +364,26 @@ def test_running_job_is_resumed_first(tmp_path, queues):
     assert all(j.resume is False for j in q2.jobs())
 
 
+def test_a_job_that_keeps_stopping_the_server_is_failed(tmp_path, queues):
+    """A job found "running" at start-up for the MAX_RECOVERIES-th time is failed, not resumed (a crash loop ends);
+    the count goes up by one per start that finds it running."""
+    from framepack_native.app.jobs import MAX_RECOVERIES
+    q1 = queues(tmp_path, start=False)
+    job_id = q1.submit(JobParams(), picture()).id
+    q1.close()
+    path = tmp_path / QUEUE_FILE
+    for start in range(1, MAX_RECOVERIES + 1):
+        data = read(path)
+        data["jobs"][0]["status"] = "running"
+        path.write_text(json.dumps(data))
+        q = queues(tmp_path, start=False)
+        job = q.get(job_id)
+        assert job.recoveries == start
+        assert job.status == ("failed" if start == MAX_RECOVERIES else "queued"), (start, job)
+        q.close()
+    assert "stopped during this job" in read(path)["jobs"][0]["message"]
+
+
 def test_close_while_running_requeues_with_resume(tmp_path, queues):
     """close() while a job runs stops it through should_stop; the job goes back to queued with resume=True (no
     completed time, elapsed kept), the next queued job does not start, and the next start resumes it first."""

@@ -38,6 +38,7 @@ LOCK_FILE = ".lock"          # held (flock) by the one server using the folder
 QUEUE_FORMAT = "framepack_native.queue"
 JOB_FORMAT = "framepack_native.job"
 VERSION = 1
+MAX_RECOVERIES = 3       # a job found running at start-up this often is failed, not resumed (a crash loop)
 STATUSES = ("queued", "running", "done", "stopped", "failed", "cancelled")
 FINISHED = ("done", "stopped", "failed", "cancelled")
 
@@ -62,6 +63,7 @@ class Job:
     sections: Optional[int] = None
     message: str = ""
     resume: bool = False            # the next run continues from the job's state (after a restart)
+    recoveries: int = 0             # how often a server stopped under it (a crash loop ends at MAX_RECOVERIES)
 
     def to_json(self):
         out = dataclasses.asdict(self)
@@ -97,7 +99,7 @@ def _check_job_fields(job):
         if (value is not None or name in ("created", "elapsed")) and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
             raise ValueError(f"{name} must be a number, got {value!r}")
-    for name in ("frames", "sections_done", "sections"):
+    for name in ("frames", "sections_done", "sections", "recoveries"):
         value = getattr(job, name)
         if (value is not None or name != "sections") and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -169,6 +171,12 @@ class JobQueue:
             raise
         recovered = [j for j in self._jobs if j.status == "running"]
         for job in recovered:
+            job.recoveries += 1
+            if job.recoveries >= MAX_RECOVERIES:  # it took the server down each time: do not start it again
+                job.status, job.completed = "failed", time.time()
+                job.message = (f"the server stopped during this job {job.recoveries} times; Continue tries again "
+                               "from its last finished section")
+                continue
             job.status, job.resume = "queued", True
             job.message = "interrupted by a server stop; resumes after its last finished section"
         self._jobs.sort(key=lambda j: j not in recovered)  # stable: otherwise the order queue.json holds
