@@ -1,7 +1,8 @@
 """One run on a GPU machine: the copy / matmul ceilings, Triton kernel correctness at FramePack's real shapes,
 benchmarks/attention.py and benchmarks/rope.py, host launch overhead, the transformer vs diffusers at real
-widths (when diffusers imports), an attention tile sweep, the transformer's triton vs torch path, and
-torch.compile with backend auto. Results go to $OUT (about 2.5 minutes on an H200).
+widths (when diffusers imports), an attention tile sweep, the attention dispatcher's table (written to
+$OUT/attention_table.json: copy it to kernels/) and its choice, the transformer's triton vs torch path, streamed
+blocks with and without prefetch against the resident model (640 x 640), and torch.compile with backend auto. Results go to $OUT (about 2.5 minutes on an H200).
 
     python benchmarks/gpu_check.py                                  # device machine: $OUT/gpu_check.{json,log}
     python benchmarks/gpu_check.py --only "attention tile"          # only the steps whose names start so
@@ -122,7 +123,32 @@ def main():
                 continue
             rows += attention_bench.bench([L], heads=N, device=device, pad=min(200, L // 4),
                                           runs=3 if args.smoke else 7, inner=1 if args.smoke else 3)
+        if device.type == "cuda":  # this device's row of kernels/dispatch.py's table: copy it into kernels/
+            entries = attention_bench.table_entries(rows, torch.cuda.get_device_name(), bf16, 128)
+            attention_bench.write_table(out_dir / "attention_table.json", entries)
+            log(f"  wrote {len(entries)} table entries to {out_dir / 'attention_table.json'}")
         return rows
+
+    @step("attention dispatch: the measured table's choice is exact", out_dir)
+    def _():
+        from kernels import dispatch
+        table_path = out_dir / "attention_table.json"
+        if table_path.exists():  # the table the benchmark step just measured, as kernels.attention reads it
+            os.environ[dispatch.TABLE_ENV] = str(table_path)
+        table = dispatch.load_table()
+        results = []
+        with torch.inference_mode():
+            for L in lengths[:3]:
+                gen = torch.Generator(device=device).manual_seed(L)
+                dt = bf16 if device.type == "cuda" else fp32
+                q, k, v = (torch.randn(1, L, N, 128, generator=gen, device=device, dtype=dt) for _ in range(3))
+                chosen = dispatch.attention_backend_for(q, k, v, table=table)
+                out = kernels.attention(q, k, v)  # "auto": what the table chose
+                err = rel_l2(out, fp32_attention(q, k, v, None))
+                results.append(dict(L=L, chosen=chosen, err_vs_fp32=err))
+                log(f"  L={L}: {chosen}, rel. L2 vs fp32 {err:.2e}")
+        assert all(r["err_vs_fp32"] < 2e-2 for r in results)
+        return results
 
     @step("benchmark rms_norm_rope (bf16, 24 x 128)", out_dir)
     def _():
@@ -256,6 +282,45 @@ def main():
                 results.update({f"ms_{b}_bf16": t * 1e3 for b, t in med.items()})
         log(f"  {results}")
         assert results["err_triton_bf16_vs_fp32"] < max(2 * results["err_torch_bf16_vs_fp32"], 2e-2)
+        return results
+
+    @step("offload: streamed blocks with and without prefetch vs resident", out_dir)
+    def _():
+        from framepack_native.models.transformer import FramePackTransformer, FramePackTransformerConfig
+        from framepack_native.offload import streamed_blocks
+
+        fields = dict(num_layers=4 if not args.smoke else 1, num_single_layers=8 if not args.smoke else 1)
+        if args.smoke:
+            fields.update(num_attention_heads=2, attention_head_dim=64, rope_axes_dim=(16, 24, 24),
+                          text_embed_dim=32, pooled_projection_dim=12, image_proj_dim=20)
+        config = FramePackTransformerConfig(**fields)
+        torch.manual_seed(0)
+        model = FramePackTransformer(config).eval().to(bf16)
+        hw = 8 if args.smoke else 80  # 640 x 640 pixels: 80 x 80 latents
+        inputs = transformer_inputs(config, 1, T, hw, hw, text_lens[:1], device, bf16)
+        results = {"config": str(fields), "latent_hw": hw, "window": T}
+        with torch.inference_mode():
+            def streamed(prefetch):
+                def run():
+                    with streamed_blocks(model, device, prefetch=prefetch):
+                        return model(**inputs)
+                return run
+            outs = {"no prefetch": streamed(False)(), "prefetch": streamed(None)()}
+            model.to(device)
+            outs["resident"] = model(**inputs)
+            results["prefetch_equals_resident"] = bool(torch.equal(outs["prefetch"], outs["resident"]))
+            results["no_prefetch_equals_resident"] = bool(torch.equal(outs["no prefetch"], outs["resident"]))
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                med = median_times({"resident": lambda: model(**inputs)}, device, runs=5, inner=1)
+                model.to("cpu")
+                for name, prefetch in (("streamed", False), ("streamed + prefetch", None)):
+                    med.update(median_times({name: streamed(prefetch)}, device, runs=5, inner=1))
+                results.update({f"ms {k}": v * 1e3 for k, v in med.items()})
+                results["prefetch over resident"] = med["streamed + prefetch"] / med["resident"]
+                results["no prefetch over resident"] = med["streamed"] / med["resident"]
+        log(f"  {results}")
+        assert results["prefetch_equals_resident"] and results["no_prefetch_equals_resident"]
         return results
 
     @step("torch.compile: backend auto leaves attention and RoPE to inductor", out_dir)
