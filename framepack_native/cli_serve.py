@@ -77,9 +77,13 @@ def serve_command(args):
     from framepack_native.interrupts import stops_raise
     try:
         with stops_raise():
-            app.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(Path(args.outputs).resolve())],
-                       prevent_thread_lock=True, quiet=False, css=CSS, show_error=False, footer_links=[],
-                       ssr_mode=False, max_file_size="64mb")
+            try:
+                app.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, quiet=False,
+                           allowed_paths=[str(Path(args.outputs).resolve())], css=CSS, show_error=False,
+                           footer_links=[], ssr_mode=False, max_file_size="64mb")
+            except OSError as e:  # Gradio's "Cannot find empty port in range: P-P ..."
+                raise UsageError(f"--host {args.host} --port {args.port}: cannot listen there (in use, or not an "
+                                 f"address of this machine): {str(e).splitlines()[0]}") from None
             queue.start()  # once the page is up: a port in use stops the server before any job runs
             print(f"serving on http://{args.host}:{args.port} (outputs in {args.outputs}); Ctrl-C stops", flush=True)
             while True:

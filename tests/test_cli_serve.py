@@ -7,7 +7,8 @@ from framepack_native.cli import main
 
 def refused(capsys, argv):
     code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.strip().splitlines()
+           if not line.startswith("framepack-native serve --demo:")]  # the demo's banner, before the server starts
     assert code == 2 and len(err) == 1 and "Traceback" not in err[0], err
     return err[0]
 
@@ -64,3 +65,16 @@ def test_default_host_is_local():
     from framepack_native.cli import build_parser
     args = build_parser().parse_args(["serve", "--demo"])
     assert (args.host, args.port, args.outputs) == ("127.0.0.1", 7860, "outputs")
+
+
+def test_a_port_in_use_is_one_line(tmp_path, capsys):
+    """A port another program holds: one line naming it, exit 2, and no job started (the queue's worker starts only
+    once the page is up)."""
+    import socket
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        line = refused(capsys, ["serve", "--demo", "--device", "cpu", "--port", str(port), "--outputs",
+                                str(tmp_path)])
+    assert f"--port {port}: cannot listen there" in line
