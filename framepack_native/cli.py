@@ -10,18 +10,20 @@ from pathlib import Path
 
 from framepack_native.caches import finite_float
 from framepack_native.cli_checks import (DTYPES, FPS, MAX_FRAMES, MAX_SECONDS, MAX_SIZE, MAX_STEPS,  # noqa: F401
-                                         MAX_WINDOW, PRESET_NAMES, UsageError, _check_args, state_folder)
+                                         MAX_WINDOW, PRESET_NAMES, UsageError, _check_args, state_folder,
+                                         torch_dtype)
 
 STATE = {"unfinished": lambda: "no video written"}  # what a stop leaves, for the one line it prints
 
 
 def save_png(path, picture):
-    """Write an (H, W, 3) uint8 array as a PNG, atomically (a viewer never sees half a file)."""
+    """Write an (H, W, 3) uint8 array or a PIL image as a PNG, atomically (a viewer never sees half a file)."""
     import PIL.Image
 
     from framepack_native.files import atomic_path
+    picture = picture if isinstance(picture, PIL.Image.Image) else PIL.Image.fromarray(picture)
     with atomic_path(path) as tmp:
-        PIL.Image.fromarray(picture).save(tmp, format="PNG")
+        picture.save(tmp, format="PNG")
 
 
 class Parser(argparse.ArgumentParser):
@@ -38,7 +40,7 @@ def _generate(args):
     frames, images = _check_args(args)
     from framepack_native import cli_parallel
     rank = cli_parallel.start(args)  # None in one process; under torchrun this rank, its device set
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": None, None: None}[args.dtype]
+    dtype = torch_dtype(args.dtype)
     quantize = {"transformer": "fp8" if args.dtype == "fp8" else None, "text_encoder": "fp8" if args.fp8_llm else None}
     if args.demo:
         from framepack_native.demo import DEMO_PROMPT, demo_image, demo_pipeline

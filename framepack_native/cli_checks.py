@@ -6,6 +6,12 @@ from pathlib import Path
 
 FPS = 30
 DTYPES = ("bf16", "fp16", "fp32", "fp8")  # fp8: the transformer blocks in fp8, the rest as the preset
+
+
+def torch_dtype(name):
+    """--dtype NAME -> the torch compute dtype (None: the preset's, also for fp8, which computes in the preset's)."""
+    import torch
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": None, None: None}[name]
 PRESET_NAMES = ("official", "diffusers")  # framepack_native.presets.PRESETS, without importing torch at start-up
 MAX_SECONDS = 120          # FramePack's demo: video length 1..120 s
 MAX_FRAMES = MAX_SECONDS * FPS

@@ -69,10 +69,14 @@ def pack(tensors, pin, chunk_bytes=CHUNK_BYTES, on_copy=None):
     return copies
 
 
+def _tensors(module):
+    return list(module.parameters()) + list(module.buffers())
+
+
 def _host_copies(model, blocks):
     """{tensor: host copy} for every parameter and buffer of `blocks`, each tensor left on its copy. Packed once
     per model (pinned when CUDA is there); the next entry reuses the copies if the weights still sit in them."""
-    tensors = [t for b in blocks for t in list(b.parameters()) + list(b.buffers())]
+    tensors = [t for b in blocks for t in _tensors(b)]
     known = _PACKED.get(model)
     if known is not None and all(t in known and t.data.data_ptr() == known[t].data_ptr() for t in tensors):
         return known
@@ -93,13 +97,9 @@ def host_buffers(model):
 
 def _swap_in(copies, device):
     def hook(module, args):
-        for t in list(module.parameters()) + list(module.buffers()):
+        for t in _tensors(module):
             t.data = copies[t].to(device, non_blocking=True)
     return hook
-
-
-def _tensors(module):
-    return list(module.parameters()) + list(module.buffers())
 
 
 class SideStreamCopies:
@@ -138,6 +138,7 @@ class Prefetcher:
 
     def __init__(self, blocks, copies, copier):
         self.blocks, self.copies, self.copier = blocks, copies, copier
+        self.post_hook = _swap_out(copies)  # the device copy dropped after the block ran, as without prefetch
         self.index = {id(b): i for i, b in enumerate(blocks)}
         self.pending = {}  # block index -> copier handle, oldest first
 
@@ -155,17 +156,13 @@ class Prefetcher:
             t.data = d
         self._start((i + 1) % len(self.blocks))
 
-    def post_hook(self, module, args, out):
-        for t in _tensors(module):
-            t.data = self.copies[t]
-
     def close(self):
         self.pending.clear()
 
 
 def _swap_out(copies):
     def hook(module, args, out):
-        for t in list(module.parameters()) + list(module.buffers()):
+        for t in _tensors(module):
             t.data = copies[t]  # weights never change: drop the device copy, keep the host one
     return hook
 

@@ -140,11 +140,10 @@ def _attention_backend(q, k, v, kv_mask, kv_lens, scale, backend, table=None):
 
     if not _use_triton(backend, "triton_attention", (q, k, v), unsupported):
         return "torch"
-    if backend != "auto":
+    if backend != "auto" or kv_mask is not None or kv_lens is not None:  # cuDNN only for unmasked calls
         return "triton"
-    entries = dispatch.load_table() if table is None else table
-    return dispatch.choose_backend(dispatch.device_name(q.device), dispatch.dtype_name(q.dtype), Dh,
-                                   k.shape[1], kv_mask is not None or kv_lens is not None, entries)
+    return dispatch.choose_backend(dispatch.device_name(q.device), dispatch.dtype_name(q.dtype), Dh, k.shape[1],
+                                   False, dispatch.table() if table is None else table)
 
 
 def sdpa_attention(q, k, v, scale, sdp_backend):

@@ -21,18 +21,24 @@ TABLE_FILE = Path(__file__).with_name("attention_table.json")
 TABLE_ENV = "FRAMEPACK_ATTENTION_TABLE"
 TABLE_FORMAT = 1
 REACH = 2.0  # a measurement speaks for lengths within this factor of its own
-_cache = {}  # path -> (mtime, entries)
+_tables = {}  # path -> entries, read once per process: the dispatcher asks on every attention call
+
+
+def table():
+    """The entries kernels.attention dispatches by: the table file's (FRAMEPACK_ATTENTION_TABLE or the shipped
+    one), read on first use."""
+    path = os.environ.get(TABLE_ENV) or str(TABLE_FILE)
+    if path not in _tables:
+        _tables[path] = load_table(path)
+    return _tables[path]
 
 
 def load_table(path=None):
-    """The table's entries (a list of dicts); [] when there is no file. ValueError naming the file if damaged."""
+    """The table's entries (a list of dicts), read now; [] when there is no file. ValueError naming the file if
+    damaged."""
     path = Path(path or os.environ.get(TABLE_ENV) or TABLE_FILE)
-    try:
-        mtime = path.stat().st_mtime_ns
-    except OSError:
+    if not path.exists():
         return []
-    if path in _cache and _cache[path][0] == mtime:
-        return _cache[path][1]
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -47,7 +53,6 @@ def load_table(path=None):
         if not ok:
             raise ValueError(f"{path}: entry {i} needs device, dtype, and head_dim, tokens, triton_ms, cudnn_ms > 0")
         entries.append(e)
-    _cache[path] = (mtime, entries)
     return entries
 
 
@@ -84,6 +89,6 @@ def dtype_name(dtype):
 
 def attention_backend_for(q, k, v, *, kv_mask=None, kv_lens=None, scale=None, backend="auto", table=None):
     """What kernels.attention(q, k, v, ...) runs: "triton", "cudnn" or "torch" (the CPU, autograd, a forced
-    backend, inputs the kernel does not take, FRAMEPACK_KERNELS=torch). table: entries (default: load_table())."""
+    backend, inputs the kernel does not take, FRAMEPACK_KERNELS=torch). table: entries (default: table())."""
     import kernels
     return kernels._attention_backend(q, k, v, kv_mask, kv_lens, scale, backend, table)

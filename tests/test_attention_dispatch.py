@@ -86,7 +86,7 @@ def test_attention_runs_what_the_dispatcher_says(fake_cuda, monkeypatch):
     """kernels.attention under "auto" takes SDPA's cuDNN path exactly where attention_backend_for says "cudnn", and
     gives the reference's output there; a forced backend is never redirected."""
     table = [entry(64, 1.0, 0.5, dtype="float32")]
-    monkeypatch.setattr(dispatch, "load_table", lambda path=None: table)
+    monkeypatch.setattr(dispatch, "table", lambda: table)
     q, k, v = qkv(64)
     assert kernels.dispatch.attention_backend_for(q, k, v) == "cudnn"
     out = kernels.attention(q, k, v)
@@ -123,7 +123,10 @@ def test_tables_load_and_damaged_ones_are_named(tmp_path, monkeypatch):
     path.write_text(json.dumps({"format": 1, "entries": TABLE}))
     assert dispatch.load_table(path) == TABLE
     monkeypatch.setenv(dispatch.TABLE_ENV, str(path))
-    assert dispatch.load_table() == TABLE
+    monkeypatch.setattr(dispatch, "_tables", {})
+    assert dispatch.load_table() == TABLE and dispatch.table() == TABLE
+    path.write_text(json.dumps({"format": 1, "entries": []}))
+    assert dispatch.table() == TABLE  # read once per process: a call does not stat the file
     for text in ["{", json.dumps({"format": 2, "entries": []}), json.dumps({"format": 1, "entries": [{"x": 1}]}),
                  json.dumps({"format": 1, "entries": [dict(TABLE[0], cudnn_ms=float("nan"))]}).replace("NaN", "-1")]:
         path.write_text(text)

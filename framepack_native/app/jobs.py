@@ -16,8 +16,8 @@ Statuses: queued -> running -> done | stopped (Stop: at the next step; the finis
 failed (the message says why; the finished sections stay) | cancelled (stopped before it started). A stopped or failed
 job keeps its run state: `resume(id)` queues it again to continue after its last finished section.
 """
-import dataclasses
 import copy
+import dataclasses
 import fcntl
 import json
 import math
@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Optional
 
 from framepack_native.app.params import JobParams
-from framepack_native.files import atomic_path, read_json, write_text_atomic
+from framepack_native.cli import save_png
+from framepack_native.files import read_json, write_text_atomic
 
 QUEUE_FILE = "queue.json"
 LOCK_FILE = ".lock"          # held (flock) by the one server using the folder
@@ -40,7 +41,6 @@ JOB_FORMAT = "framepack_native.job"
 VERSION = 1
 MAX_RECOVERIES = 3       # a job found running at start-up this often is failed, not resumed (a crash loop)
 STATUSES = ("queued", "running", "done", "stopped", "failed", "cancelled")
-FINISHED = ("done", "stopped", "failed", "cancelled")
 
 
 class JobStopped(Exception):
@@ -133,16 +133,10 @@ def new_job_id(now=None):
     return f"{stamp}-{secrets.token_hex(3)}"
 
 
-def save_png(path, picture):
-    """A PIL picture as a PNG, atomically."""
-    with atomic_path(path) as tmp:
-        picture.save(tmp, format="PNG")
-
-
 class JobQueue:
     """Jobs kept in FOLDER/queue.json, run one at a time in a worker thread by `runner(job, queue)`.
 
-    runner(job, queue) runs the job and returns its frame count; inside it `queue.should_stop(job)` says whether
+    runner(job, queue) runs the job; inside it `queue.should_stop(job)` says whether
     to raise JobStopped, and queue.progress(job, **fields) / queue.section_written(job, frames, done, sections)
     report what it did. A job found "running" at start-up (the server stopped under it) is queued again with
     resume=True, ahead of the others, so the queue goes on where it was.
@@ -183,7 +177,7 @@ class JobQueue:
         for job in recovered:
             self._save_job(job)
         if recovered:
-            self._save()
+            self._save()  # an OSError here is the server's start-up error (one line), not a job's
 
     # ---- persistence ----------------------------------------------------------------------------------------
     def _load(self):
@@ -205,8 +199,8 @@ class JobQueue:
         write_text_atomic(self.folder / QUEUE_FILE, json.dumps(data, indent=1))
 
     def _persist(self, job):
-        """ID.json and queue.json after a change the worker made; a write that fails (a full disk) is reported on
-        stderr and retried at the next change: the worker goes on, the state in memory stays right."""
+        """ID.json and queue.json after a change of a job's status; a write that fails (a full disk) is reported on
+        stderr and retried at the next change: the worker and the page go on, the state in memory stays right."""
         try:
             self._save_job(job)
             self._save()
@@ -298,8 +292,7 @@ class JobQueue:
             j.message = "continues after its last finished section"
             self._jobs.remove(j)
             self._jobs.append(j)  # behind the jobs already waiting
-            self._save_job(j)
-            self._save()
+            self._persist(j)
             self._lock.notify_all()
             return True
 
@@ -345,9 +338,8 @@ class JobQueue:
             self._lockfile.close()  # the flock goes with the file
 
     def __del__(self):
-        lockfile = getattr(self, "_lockfile", None)
-        if lockfile is not None and not lockfile.closed:
-            lockfile.close()
+        if hasattr(self, "_lockfile"):  # not when __init__ failed before opening it
+            self.release()
 
     def _next(self):
         with self._lock:

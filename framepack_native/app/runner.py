@@ -64,15 +64,13 @@ class AppModel:
                 "sampling_type": self.sampling_type(), "fps": FPS}
 
     def load(self):
-        import torch
         if self.demo:
             from framepack_native.demo import demo_pipeline
             return demo_pipeline(seed=DEMO_WEIGHTS_SEED, device=self.device)
         from framepack_native import FramePackPipeline
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": None,
-                 None: None}[self.dtype]
+        from framepack_native.cli_checks import torch_dtype
         quantize = {"transformer": "fp8"} if self.dtype == "fp8" else None
-        return FramePackPipeline.from_pretrained(self.model_dir, dtype=dtype, device=self.device,
+        return FramePackPipeline.from_pretrained(self.model_dir, dtype=torch_dtype(self.dtype), device=self.device,
                                                  offload=self.offload, quantize=quantize)
 
 
@@ -184,11 +182,9 @@ class Runner:
             remedies = ([] if p.vae_tiling else ["tick VAE tiling"]) + (
                 [] if self.model.offload else ["restart the server with --offload"])
             raise RuntimeError("out of GPU memory" + (f": {' or '.join(remedies)}" if remedies else "")) from e
-        except MemoryError as e:
-            raise RuntimeError("out of host memory (RAM): close other programs or make a shorter video") from e
-        except RuntimeError as e:
+        except (MemoryError, RuntimeError) as e:
             from framepack_native.cli import _out_of_memory
-            if _out_of_memory(e):
+            if isinstance(e, MemoryError) or _out_of_memory(e):
                 raise RuntimeError("out of host memory (RAM): close other programs or make a shorter video") from e
             raise
         finally:

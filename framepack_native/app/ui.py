@@ -17,6 +17,7 @@ import gradio as gr
 
 from framepack_native.app.params import CACHE_CHOICES, FIELDS, MAX_KEYFRAMES, JobParams
 from framepack_native.app.runner import check_job
+from framepack_native.cli_checks import FPS
 
 POLL_SECONDS = 0.5
 KEYFRAME_SLOTS = 2
@@ -57,7 +58,7 @@ def Slider(*args, **kw):
 def _slider(name, value, step, **kw):
     field = FIELDS[name]
     return Slider(field.low, field.high, value=value, step=step, label=field.label, elem_id=name.replace("_", "-"),
-                     **kw)
+                  **kw)
 
 
 def _progress_html(job, live, now):
@@ -66,9 +67,10 @@ def _progress_html(job, live, now):
         return "<div>No job yet: upload an image, write a prompt and press Start.</div>"
     name = html.escape(job.id)
     if job.status == "queued":
-        return f"<div>Job {name}: queued{_resumes(job)}</div>"
+        resumes = " (resumes after its last finished section)" if job.resume else ""
+        return f"<div>Job {name}: queued{resumes}</div>"
     if job.status != "running":
-        frames = f"; {job.frames} frames ({job.frames / 30:.2f} s)" if job.frames else ""
+        frames = f"; {job.frames} frames ({job.frames / FPS:.2f} s)" if job.frames else ""
         said = f" {html.escape(job.message)}" if job.message else ""
         return f"<div>Job {name}: {job.status}{frames}.{said}</div>"
     phase = live.get("phase", "starting")
@@ -79,10 +81,6 @@ def _progress_html(job, live, now):
     elapsed = now - (job.started or now)
     return (f"<div>Job {name}: section {section}/{sections}, step {step}/{steps}; {job.frames} frames so far; "
             f"{elapsed:.0f} s</div><div class='bar'><div style='width: {percent}%'></div></div>")
-
-
-def _resumes(job):
-    return " (resumes after its last finished section)" if job.resume else ""
 
 
 def _table(jobs):
